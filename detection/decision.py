@@ -72,6 +72,7 @@ class Decision:
     category: str | None
     score: float
     reasons: list[str]
+    probabilities: list[float]  # calibrated, in CLASS_NAMES order
 
 
 def calibrate(probabilities: list[float], temperature: float) -> list[float]:
@@ -97,7 +98,7 @@ def decide(probabilities: list[float], raw: dict[str, float], policy: DecisionPo
 
     reasons = [f"model: attack probability {p_attack:.3f}"]
     reasons += [f"signal {name}: {_BY_NAME[name].description}" for name in fired]
-    return Decision(verdict, category, round(p_attack, 6), reasons)
+    return Decision(verdict, category, p_attack, reasons, calibrated)
 
 
 def _fired_signals(raw: dict[str, float]) -> list[str]:

@@ -5,9 +5,10 @@ description and a bounded range. Training, export, the server and batch rescorin
 all call `signal_vector`, which returns the values in `REGISTRY` order, each
 clipped to its range and scaled to [0, 1].
 
-Message signals read the parsed message alone. Sender signals read `SenderFacts`,
-which the history store computes from mail the organisation received strictly
-before the message.
+Message signals read the parsed message alone. Sender and recipient signals read
+`SenderFacts`, which a baseline store (`detection.baselines`) computes from the
+organisation's history strictly before the message: safe mail it received and mail
+it sent.
 """
 
 from __future__ import annotations
@@ -28,18 +29,63 @@ SCALES = ("linear", "log")
 
 @dataclass(frozen=True)
 class SenderFacts:
-    """What the organisation's history knew about a sender before one message."""
+    """What the organisation's history knew before one message (every field defaults).
 
+    Filled by `detection.baselines.assemble_facts`; `SenderFacts()` is "no history".
+    """
+
+    # the sender's address: safe inbound mail from it
     messages_before: int = 0
     domain_messages_before: int = 0
     first_seen: datetime | None = None
     message_date: datetime | None = None
+    last_seen: datetime | None = None
+    messages_in_window: int = 0  # in the window before the message (30 days by default)
+    # the organisation's own mail towards the sender
+    domain_is_correspondent: bool = False  # mail from, to or inside the domain before
+    org_messages_to_sender: int = 0
+    org_replies_to_sender: int = 0
+    org_messages_to_domain: int = 0
+    # display name
+    display_name_other_addresses: int = 0  # other addresses seen with the same name
+    display_name_known_with_address: bool = False
+    # threads
+    thread_references: int = 0  # In-Reply-To and References ids looked up
+    thread_replies_to_org: int = 0  # ... that are Message-IDs of the organisation's mail
+    thread_known_references: int = 0  # ... that are of any mail the organisation has
+    lookalike_distance: int = -1  # edits to the nearest correspondent's domain; -1 none
+    # the sender inside the organisation
+    sender_internal: bool = False
+    sender_mean_recipients: float = 0.0
+    # recipients
+    recipient_count: int = 0
+    recipients_with_sender_history: int = 0  # recipients this sender wrote to before
+    recipients_who_wrote_to_sender: int = 0
+    recipient_safe_messages: float = 0.0  # mean over the recipients
+    recipient_distinct_senders: float = 0.0  # mean over the recipients
+    recipient_first_time_rate: float = 0.0  # share of their safe mail from new senders
 
     @property
     def days_known(self) -> float:
-        if self.first_seen is None or self.message_date is None:
-            return 0.0
-        return max(0.0, (self.message_date - self.first_seen).total_seconds() / 86400.0)
+        return _days(self.first_seen, self.message_date)
+
+    @property
+    def days_since_last(self) -> float:
+        return _days(self.last_seen, self.message_date)
+
+    @property
+    def new_recipients(self) -> int:
+        return self.recipient_count - self.recipients_with_sender_history
+
+
+def _days(start: datetime | None, end: datetime | None) -> float:
+    if start is None or end is None:
+        return 0.0
+    return max(0.0, (end - start).total_seconds() / 86400.0)
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
 
 
 @dataclass(frozen=True)
@@ -198,19 +244,141 @@ MESSAGE_SIGNALS = (
     Signal("linked_image_count", "message", "images wrapped in a link", 10, lambda m: m.linked_image_count, "log"),
     Signal("no_subject", "message", "empty or missing Subject", 1, lambda m: not m.subject.strip()),
     *(_defect_signal(kind) for kind in DEFECT_KINDS),
-)
-
-SENDER_SIGNALS = (
-    Signal("sender_seen_before", "sender", "the organisation had mail from this address before", 1, lambda f: f.messages_before > 0),
-    Signal("sender_message_count", "sender", "messages from this address so far", 1000, lambda f: f.messages_before, "log"),
-    Signal("sender_days_known", "sender", "days since this address first wrote", 3650, lambda f: f.days_known, "log"),
     Signal(
-        "sender_domain_seen_before", "sender", "the organisation had mail from this domain before",
-        1, lambda f: f.domain_messages_before > 0,
+        "invisible_char_count", "message", "zero-width or bidi-control characters in the text",
+        50, lambda m: m.invisible_char_count, "log",
+    ),
+    Signal(
+        "link_userinfo_trick", "message", "links with text before an @ that hides the real host",
+        3, lambda m: sum(1 for u in m.urls if "userinfo" in u.tricks),
+    ),
+    Signal(
+        "link_obfuscated_host", "message", "links whose host is encoded, numeric or mangled",
+        3, lambda m: sum(1 for u in m.urls if u.obfuscated_host),
+    ),
+    Signal(
+        "punycode_link", "message", "links to an internationalised (punycode) host",
+        1, lambda m: any("punycode" in u.tricks for u in m.urls),
+    ),
+    Signal(
+        "archive_attachment", "message", "attachments that are archives (zip, rar, 7z, ...)",
+        3, lambda m: sum(1 for a in m.attachments if a.is_archive),
+    ),
+    Signal(
+        "document_attachment", "message", "attachments that are PDF or office documents",
+        3, lambda m: sum(1 for a in m.attachments if a.is_document),
     ),
 )
 
-REGISTRY: tuple[Signal, ...] = MESSAGE_SIGNALS + SENDER_SIGNALS
+SENDER_SIGNALS = (
+    Signal(
+        "sender_seen_before", "sender", "the organisation had safe mail from this address before",
+        1, lambda f: f.messages_before > 0,
+    ),
+    Signal(
+        "first_time_sender", "sender",
+        "no safe mail from this address before and the organisation never wrote to it",
+        1, lambda f: f.messages_before == 0 and f.org_messages_to_sender == 0,
+    ),
+    Signal(
+        "sender_message_count", "sender", "safe messages from this address so far",
+        1000, lambda f: f.messages_before, "log",
+    ),
+    Signal(
+        "sender_recent_messages", "sender", "safe messages from this address in the recent window (30 days by default)",
+        300, lambda f: f.messages_in_window, "log",
+    ),
+    Signal(
+        "sender_days_known", "sender", "days since this address first wrote",
+        3650, lambda f: f.days_known, "log",
+    ),
+    Signal(
+        "sender_days_since_last", "sender", "days since this address last wrote (0 if never)",
+        3650, lambda f: f.days_since_last, "log",
+    ),
+    Signal(
+        "sender_domain_seen_before", "sender", "the organisation had safe mail from this domain before",
+        1, lambda f: f.domain_messages_before > 0,
+    ),
+    Signal(
+        "sender_domain_message_count", "sender", "safe messages from this domain so far",
+        10000, lambda f: f.domain_messages_before, "log",
+    ),
+    Signal(
+        "org_wrote_to_sender", "sender", "someone in the organisation wrote to this address before",
+        1, lambda f: f.org_messages_to_sender > 0,
+    ),
+    Signal(
+        "org_replied_to_sender", "sender", "someone in the organisation replied to this address before",
+        1, lambda f: f.org_replies_to_sender > 0,
+    ),
+    Signal(
+        "org_wrote_to_sender_domain", "sender", "the organisation wrote to this domain before",
+        1, lambda f: f.org_messages_to_domain > 0,
+    ),
+    Signal(
+        "display_name_new_address", "sender",
+        "the display name came before from other addresses, never from this one",
+        1, lambda f: f.display_name_other_addresses > 0 and not f.display_name_known_with_address,
+    ),
+    Signal(
+        "reply_to_org_thread", "sender",
+        "In-Reply-To or References names a message the organisation sent",
+        1, lambda f: f.thread_replies_to_org > 0,
+    ),
+    Signal(
+        "reply_to_unknown_thread", "sender",
+        "the message claims a thread (In-Reply-To/References) the organisation has no mail of",
+        1, lambda f: f.thread_references > 0 and f.thread_known_references == 0,
+    ),
+    Signal(
+        "lookalike_correspondent_domain", "sender",
+        "the domain is one or two edits from a correspondent's domain but is not it",
+        1, lambda f: f.lookalike_distance >= 0,
+    ),
+    Signal(
+        "internal_sender", "sender", "the sender's domain is one the organisation sends from",
+        1, lambda f: f.sender_internal,
+    ),
+    Signal(
+        "internal_new_recipients", "sender",
+        "recipients an internal sender never wrote to before (0 for external senders)",
+        100, lambda f: f.new_recipients if f.sender_internal else 0, "log",
+    ),
+    Signal(
+        "internal_fanout_ratio", "sender",
+        "recipients of this message over the internal sender's usual number (0 for external)",
+        20, lambda f: f.recipient_count / max(1.0, f.sender_mean_recipients) if f.sender_internal else 0,
+    ),
+)
+
+RECIPIENT_SIGNALS = (
+    Signal(
+        "first_time_sender_to_recipient", "recipient",
+        "share of the recipients who never had mail from this sender",
+        1, lambda f: _share(f.new_recipients, f.recipient_count),
+    ),
+    Signal(
+        "recipient_wrote_to_sender", "recipient", "share of the recipients who wrote to this sender before",
+        1, lambda f: _share(f.recipients_who_wrote_to_sender, f.recipient_count),
+    ),
+    Signal(
+        "recipient_safe_messages", "recipient", "safe messages each recipient received before (mean)",
+        100000, lambda f: f.recipient_safe_messages, "log",
+    ),
+    Signal(
+        "recipient_distinct_senders", "recipient", "distinct senders each recipient had mail from (mean)",
+        10000, lambda f: f.recipient_distinct_senders, "log",
+    ),
+    Signal(
+        "recipient_first_time_rate", "recipient",
+        "share of the recipients' safe mail that came from first-time senders",
+        1, lambda f: f.recipient_first_time_rate,
+    ),
+)
+BASELINE_SIGNALS = SENDER_SIGNALS + RECIPIENT_SIGNALS
+
+REGISTRY: tuple[Signal, ...] = MESSAGE_SIGNALS + SENDER_SIGNALS + RECIPIENT_SIGNALS
 SIGNAL_NAMES: tuple[str, ...] = tuple(s.name for s in REGISTRY)
 assert len(set(SIGNAL_NAMES)) == len(SIGNAL_NAMES), "signal names must be unique"
 
@@ -218,8 +386,13 @@ assert len(set(SIGNAL_NAMES)) == len(SIGNAL_NAMES), "signal names must be unique
 def raw_signals(message: ParsedMessage, facts: SenderFacts) -> dict[str, float]:
     """Every signal's unscaled value, by name (for reasons and reports)."""
     values = {s.name: float(s.compute(message)) for s in MESSAGE_SIGNALS}
-    values.update({s.name: float(s.compute(facts)) for s in SENDER_SIGNALS})
+    values.update(baseline_signals(facts))
     return values
+
+
+def baseline_signals(facts: SenderFacts) -> dict[str, float]:
+    """The sender and recipient signals' unscaled values, by name (Spark computes these)."""
+    return {s.name: float(s.compute(facts)) for s in BASELINE_SIGNALS}
 
 
 def signal_vector(message: ParsedMessage, facts: SenderFacts) -> list[float]:

@@ -41,3 +41,7 @@ REASONS = TensorSpec("REASONS", "TYPE_STRING", "object", (1,))  # a JSON list
 
 SERVED_INPUTS = (RAW_MESSAGE, ORG_ID)
 SERVED_OUTPUTS = (PROBABILITIES, VERDICT, CATEGORY, SCORE, REASONS)
+
+# optional served input: how to parse RAW_MESSAGE, "rfc822" (the default) or "text"
+MESSAGE_KIND = TensorSpec("MESSAGE_KIND", "TYPE_STRING", "object", (1,))
+OPTIONAL_SERVED_INPUTS = (MESSAGE_KIND,)

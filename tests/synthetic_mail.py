@@ -6,10 +6,11 @@ Every name and address is a placeholder on example.com / example.net / example.o
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 SAFE_SUBJECTS = ("Agenda for Thursday", "Build notes", "Lunch order", "Draft report attached")
 SAFE_BODIES = (
@@ -47,10 +48,12 @@ def make_message(
 ) -> bytes:
     when = when or datetime(2024, 1, 2, 9, 30, tzinfo=timezone.utc)
     ctype = "text/html" if html else "text/plain"
+    message_id = hashlib.sha1(f"{subject}|{body}|{when}".encode()).hexdigest()[:16]
     return (
         f"From: {sender}\r\nTo: Bob Example <bob@example.org>\r\nSubject: {subject}\r\n"
-        f"Date: {format_datetime(when)}\r\nMessage-ID: <{abs(hash((subject, body, when)))}@example.com>\r\n"
-        f"MIME-Version: 1.0\r\nContent-Type: {ctype}; charset=utf-8\r\n{extra_headers}\r\n{body}\r\n"
+        f"Date: {format_datetime(when)}\r\nMessage-ID: <{message_id}@example.com>\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: {ctype}; charset=utf-8\r\n"
+        f"{extra_headers}\r\n{body}\r\n"
     ).encode()
 
 
@@ -68,5 +71,7 @@ def synthetic_corpus(n: int = 60, seed: int = 0) -> list[SyntheticMessage]:
         subjects, bodies, sender = kinds[label]
         body = f"{rng.choice(bodies)} Ref {rng.randint(1000, 9999)}."
         when = start + timedelta(hours=i)
-        messages.append(SyntheticMessage(make_message(rng.choice(subjects), body, sender, when), label))
+        messages.append(
+            SyntheticMessage(make_message(rng.choice(subjects), body, sender, when), label)
+        )
     return messages

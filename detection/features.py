@@ -1,0 +1,50 @@
+"""One message to the model's inputs, the same way on every path.
+
+Contract: `extract_features(data, kind, org, history, learn_label)` sanitizes the raw
+bytes (rfc822 only), parses them, reads the sender's history as it stood strictly
+before the message, and returns the model text, the normalised signal vector and
+the raw signal values. Training, the in-process scorer, the Triton model and batch
+rescoring all call it, so a message gets the same inputs everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from detection.history import SenderHistory
+from detection.parsing import ParsedMessage, parse_raw
+from detection.sanitize import sanitize
+from detection.signals import REGISTRY, raw_signals
+
+
+@dataclass(frozen=True)
+class Features:
+    parsed: ParsedMessage
+    text: str
+    signals: list[float]  # normalised, in REGISTRY order
+    raw: dict[str, float]  # unscaled values by name, for reasons
+    when: datetime | None
+
+
+def model_text(parsed: ParsedMessage) -> str:
+    """What the encoder reads: the subject, a line break, then the visible text."""
+    return f"{parsed.subject}\n{parsed.visible_text}"
+
+
+def parse_for_model(data: bytes, kind: str = "rfc822") -> ParsedMessage:
+    """Sanitize (receiver-added headers, recipient addresses) and parse."""
+    if kind == "rfc822":
+        data = sanitize(data)
+    return parse_raw(data, kind)
+
+
+def extract_features(
+    data: bytes, kind: str, org: str, history: SenderHistory, when: datetime | None = None
+) -> Features:
+    parsed = parse_for_model(data, kind)
+    when = when or parsed.date
+    facts = history.facts_before(org, parsed, when)
+    raw = raw_signals(parsed, facts)
+    signals = [s.normalise(raw[s.name]) for s in REGISTRY]
+    return Features(parsed, model_text(parsed), signals, raw, when)

@@ -1,0 +1,153 @@
+"""The demo: Bulwark's main job end to end on real mail.
+
+Builds the dataset from the public corpora, fine-tunes the fused MiniLM, evaluates
+it, exports it to ONNX into the Triton model repository, starts a real Triton
+server, scores a slice of held-out test messages through the thin client, checks
+those scores against in-process scoring, prints a summary and stops the server.
+
+Run (after scripts/setup.sh; scripts/demo.sh does both):
+    .venv/bin/python scripts/demo.py --corpora ../shared/corpora
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.dataset import DatasetConfig, build_dataset, load_dataset_dict  # noqa: E402
+
+from detection.sources import RawMessage  # noqa: E402
+from serving.client import BulwarkClient  # noqa: E402
+from serving.scorer import Scorer  # noqa: E402
+from serving.server import TritonServer  # noqa: E402
+from training.config import PRESETS, TrainConfig  # noqa: E402
+from training.pipeline import train_and_publish  # noqa: E402
+
+logger = logging.getLogger("demo")
+
+
+def held_out_slice(test, per_source: int, seed: int = 0) -> list[tuple[RawMessage, str]]:
+    """Up to `per_source` test-split messages from each source, with their org."""
+    rng = np.random.default_rng(seed)
+    sources = np.asarray(test["source"])
+    picked: list[int] = []
+    for source in np.unique(sources):
+        rows = np.flatnonzero(sources == source)
+        picked.extend(rng.choice(rows, size=min(per_source, len(rows)), replace=False).tolist())
+    rows = test.select(sorted(picked))
+    return [
+        (RawMessage(r["id"], r["source"], i, r["raw"], r["kind"]), r["org"])
+        for i, r in enumerate(rows)
+    ]
+
+
+def score_slice(server: TritonServer, scorer: Scorer, slice_, protocol_urls) -> dict:
+    figures: dict = {}
+    local = {m.id: v for m, org in slice_ for v in scorer.score([m], org=org)}
+    for protocol, url in protocol_urls:
+        client = BulwarkClient(url)
+        latencies, worst, errors, verdicts = [], 0.0, 0, {}
+        for message, org in slice_:
+            started = time.perf_counter()
+            verdict = client.score_message(message, org=org)
+            latencies.append(1000 * (time.perf_counter() - started))
+            if verdict.error:
+                errors += 1
+                continue
+            verdicts[verdict.verdict] = verdicts.get(verdict.verdict, 0) + 1
+            worst = max(worst, abs(verdict.score - local[message.id].score))
+        figures[protocol] = {
+            "calls": len(latencies),
+            "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+            "errors": errors,
+            "verdicts": verdicts,
+            "max_abs_score_difference_vs_in_process": worst,
+        }
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", type=Path, default=ROOT.parent / "shared" / "corpora")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo")
+    parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--config", type=Path, help="JSON file of TrainConfig fields")
+    parser.add_argument("--slice-per-source", type=int, default=40)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not args.corpora.is_dir():
+        logger.error(
+            "corpora folder %s not found: see the README's 'Getting the corpora'", args.corpora
+        )
+        return 2
+
+    config = TrainConfig.from_file(args.config) if args.config else PRESETS[args.preset]
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+
+    stage = time.monotonic()
+    dataset_dir = args.workdir / "dataset"
+    build_dataset(args.corpora, dataset_dir, DatasetConfig())
+    data, fingerprint = load_dataset_dict(dataset_dir)
+    seconds["dataset"] = round(time.monotonic() - stage, 1)
+
+    result = train_and_publish(data, fingerprint, args.workdir, args.repository, config)
+    seconds.update(result.stage_seconds)
+
+    stage = time.monotonic()
+    slice_ = held_out_slice(data["test"], args.slice_per_source)
+    history = dataset_dir / "history.sqlite"
+    scorer = Scorer.load(result.version_dir, history_path=history)
+    with TritonServer(args.repository, env={"BULWARK_HISTORY_DB": str(history)}) as server:
+        serving = score_slice(
+            server, scorer, slice_, [("http", server.http_url), ("grpc", server.grpc_url)]
+        )
+    seconds["serve_and_score"] = round(time.monotonic() - stage, 1)
+    seconds["total"] = round(time.monotonic() - started, 1)
+
+    summary = {
+        "model_version": str(result.version_dir),
+        "validation": _detection_summary(result.reports[0]),
+        "test": _detection_summary(result.reports[1]) if len(result.reports) > 1 else None,
+        "served_slice": {"messages": len(slice_), **serving},
+        "stage_seconds": seconds,
+        "reports": str(args.workdir / "reports"),
+    }
+    (args.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _detection_summary(report: dict) -> dict:
+    out = {}
+    for name, key in (("fused", "model"), ("tfidf_baseline", "tfidf_logreg_baseline")):
+        if key not in report:
+            continue
+        figures = report[key]
+        out[name] = {
+            fpr: {
+                "recall": round(figures[fpr]["recall"], 4),
+                "per_source": {
+                    s: {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+                    for s, d in figures[fpr]["per_source"].items()
+                },
+            }
+            for fpr in ("fpr_0.01", "fpr_0.001")
+        }
+    out["operating_point"] = report["operating_point"]
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""In-process scoring: parse, signals, ONNX Runtime, decision.
+
+Contract: `Scorer.load(version_dir)` reads one exported model version (model.onnx,
+tokenizer.json, bulwark.json). `score_batch(items)` returns, per item, a `Decision`
+or the exception that stopped that item alone; `score(messages)` returns the
+scoring contract's `Verdict` lines in input order. The Triton model calls
+`score_batch`, so the server and the in-process path share every step.
+
+The sender history is read, never written, while scoring: every path then sees
+the same history and a message scores the same wherever it is scored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from detection.decision import Decision, DecisionPolicy, Verdict, decide
+from detection.encoding import encode_batch, load_tokenizer
+from detection.features import Features, extract_features
+from detection.history import SenderHistory
+from detection.signals import SIGNAL_NAMES
+from detection.sources import RawMessage
+from detection.tensors import ATTENTION_MASK, CLASS_NAMES, INPUT_IDS, PROBABILITIES, SIGNALS
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("rfc822", "text")
+# the Triton model reads the sender-history file's path from this variable
+HISTORY_ENV = "BULWARK_HISTORY_DB"
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    data: bytes
+    org: str = "default"
+    kind: str = "rfc822"
+
+
+class OnnxFusion:
+    """The exported fusion model in ONNX Runtime, from text and signals."""
+
+    def __init__(self, version_dir: Path, threads: int = 0) -> None:
+        self.meta = json.loads((version_dir / "bulwark.json").read_text())
+        if self.meta["signal_names"] != list(SIGNAL_NAMES):
+            raise ValueError(
+                f"model {version_dir} expects signals {self.meta['signal_names']}, "
+                f"but this code computes {list(SIGNAL_NAMES)}"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        self.tokenizer = load_tokenizer(str(version_dir / "tokenizer.json"))
+        self.max_length = int(self.meta["max_length"])
+        self.head_tokens = int(self.meta["head_tokens"])
+
+    def probabilities(
+        self, texts: Sequence[str], signals: Sequence[Sequence[float]], batch_size: int = 16
+    ) -> np.ndarray:
+        """(len(texts), classes) probabilities, in input order.
+
+        Texts are run in batches of similar length, so little of each batch is padding.
+        """
+        result = np.zeros((len(texts), len(CLASS_NAMES)), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            result[rows] = self._run([texts[i] for i in rows], [signals[i] for i in rows])
+        return result
+
+    def _run(self, texts: list[str], signals: list[Sequence[float]]) -> np.ndarray:
+        ids, mask = encode_batch(self.tokenizer, texts, self.max_length, self.head_tokens)
+        feeds = {
+            INPUT_IDS.name: ids,
+            ATTENTION_MASK.name: mask,
+            SIGNALS.name: np.asarray(signals, dtype=np.float32).reshape(len(texts), -1),
+        }
+        (probs,) = self.session.run([PROBABILITIES.name], feeds)
+        return probs
+
+
+class Scorer:
+    def __init__(self, model: OnnxFusion, policy: DecisionPolicy, history: SenderHistory):
+        self.model = model
+        self.policy = policy
+        self.history = history
+
+    @classmethod
+    def load(
+        cls, version_dir: str | Path, history_path: str | Path | None = None, threads: int = 0
+    ) -> Scorer:
+        version_dir = Path(version_dir)
+        model = OnnxFusion(version_dir, threads)
+        policy = DecisionPolicy(**model.meta.get("policy", {}))
+        history = SenderHistory(str(history_path) if history_path else ":memory:")
+        logger.info(
+            "loaded model %s (history: %s)", version_dir, "file" if history_path else "empty"
+        )
+        return cls(model, policy, history)
+
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[Decision | Exception]:
+        results: list[Decision | Exception | None] = [None] * len(items)
+        features: list[tuple[int, Features]] = []
+        for i, item in enumerate(items):
+            try:
+                if item.kind not in KINDS:
+                    raise ValueError(f"message kind must be one of {KINDS}, got {item.kind!r}")
+                features.append((i, extract_features(item.data, item.kind, item.org, self.history)))
+            except Exception as error:  # noqa: BLE001 - one bad message fails alone
+                results[i] = error
+        if features:
+            probs = self.model.probabilities(
+                [f.text for _, f in features], [f.signals for _, f in features]
+            )
+            for (i, f), p in zip(features, probs, strict=True):
+                results[i] = decide([float(v) for v in p], f.raw, self.policy)
+        return results  # type: ignore[return-value]
+
+    def score(
+        self, messages: Sequence[RawMessage], org: str = "default", batch_size: int = 32
+    ) -> list[Verdict]:
+        verdicts: list[Verdict] = []
+        for start in range(0, len(messages), batch_size):
+            chunk = messages[start : start + batch_size]
+            items = [ScoreItem(m.data, org, m.kind) for m in chunk]
+            for message, result in zip(chunk, self.score_batch(items), strict=True):
+                verdicts.append(to_verdict(message, result))
+        return verdicts
+
+
+def to_verdict(message: RawMessage, result: Decision | Exception) -> Verdict:
+    if isinstance(result, Exception):
+        return Verdict(
+            message.id, message.source, message.index, error=f"{type(result).__name__}: {result}"
+        )
+    return Verdict(
+        message.id,
+        message.source,
+        message.index,
+        result.verdict,
+        result.category,
+        result.score,
+        result.reasons,
+    )

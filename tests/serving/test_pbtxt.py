@@ -1,0 +1,78 @@
+"""The served model's config.pbtxt: rendered from detection/tensors.py, parseable, committed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from detection import tensors
+from serving.pbtxt import ServingSettings, render_config, write_config
+
+COMMITTED = Path(__file__).resolve().parents[2] / "model_repository" / "bulwark" / "config.pbtxt"
+TYPES = model_config_pb2.DataType
+
+
+def parse(text: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_committed_config_is_what_the_renderer_writes():
+    assert COMMITTED.read_text() == render_config(), (
+        "model_repository/bulwark/config.pbtxt is stale; regenerate it with "
+        "`.venv/bin/python -m serving.pbtxt --repository model_repository`"
+    )
+
+
+def test_rendered_config_declares_every_served_tensor_as_tensors_py_does():
+    config = parse(render_config())
+    declared = {t.name: t for t in list(config.input) + list(config.output)}
+    specs = tensors.SERVED_INPUTS + tensors.OPTIONAL_SERVED_INPUTS + tensors.SERVED_OUTPUTS
+
+    assert [t.name for t in config.input] == [
+        s.name for s in tensors.SERVED_INPUTS + tensors.OPTIONAL_SERVED_INPUTS
+    ]
+    assert [t.name for t in config.output] == [s.name for s in tensors.SERVED_OUTPUTS]
+    for spec in specs:
+        assert TYPES.Name(declared[spec.name].data_type) == spec.triton_dtype
+        assert tuple(declared[spec.name].dims) == spec.dims
+    assert declared[tensors.MESSAGE_KIND.name].optional
+    assert not declared[tensors.RAW_MESSAGE.name].optional
+
+
+def test_rendered_config_batches_dynamically_and_rejects_on_queue_timeout():
+    settings = ServingSettings(max_batch_size=32, preferred_batch_sizes=(4, 32), instance_count=2)
+    config = parse(render_config(settings))
+    policy = config.dynamic_batching.default_queue_policy
+
+    assert (config.name, config.backend, config.max_batch_size) == ("bulwark", "python", 32)
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 32]
+    assert config.dynamic_batching.max_queue_delay_microseconds == settings.max_queue_delay_us
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+    assert policy.default_timeout_microseconds == settings.queue_timeout_us
+    assert policy.max_queue_size == settings.max_queue_size
+    assert [(g.kind, g.count) for g in config.instance_group] == [
+        (model_config_pb2.ModelInstanceGroup.KIND_CPU, 2)
+    ]
+
+
+def test_write_config_puts_it_under_the_model_name(tmp_path):
+    path = write_config(tmp_path / "repo")
+
+    assert path == tmp_path / "repo" / "bulwark" / "config.pbtxt"
+    assert path.read_text() == render_config()
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size must be at least 1, got 0"),
+        ({"preferred_batch_sizes": (8, 128)}, r"lie in \[1, max_batch_size=64\], got \[8, 128\]"),
+        ({"max_queue_delay_us": -1}, "max_queue_delay_us must be >= 0, got -1"),
+    ],
+)
+def test_settings_reject_values_out_of_range(values, match):
+    with pytest.raises(ValueError, match=match):
+        ServingSettings(**values)

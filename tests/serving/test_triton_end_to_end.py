@@ -1,0 +1,124 @@
+"""Train, export, serve, score: the server's verdicts equal the in-process ones.
+
+A tiny random-weight encoder is trained for a few steps on synthetic mail, exported
+into a fresh model repository (config.pbtxt from serving/pbtxt.py), served by the
+real tritonserver, and scored through the client over HTTP and gRPC. Every verdict
+field must equal `Scorer.score`'s for the same messages; scores within 1e-4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from detection.sources import RawMessage
+from detection.tensors import ORG_ID, PROBABILITIES, RAW_MESSAGE
+from serving.client import BulwarkClient
+from serving.pbtxt import render_config
+from tests.synthetic_mail import synthetic_corpus
+
+pytestmark = pytest.mark.server
+
+ORG = "example"
+SCORE_TOLERANCE = 1e-4
+
+
+def corpus(n: int, seed: int) -> list[tuple[RawMessage, str]]:
+    return [
+        (RawMessage(f"synthetic-{seed}-{i}", "synthetic", i, m.data), m.label)
+        for i, m in enumerate(synthetic_corpus(n, seed))
+    ]
+
+
+@pytest.fixture(scope="module")
+def version_dir(tmp_path_factory):
+    # imported here: these are the lead's modules, and this module must still collect
+    from training.dataset import dataset_from_messages
+
+    from training.config import TrainConfig
+    from training.export import export_model
+    from training.train import train
+
+    root = tmp_path_factory.mktemp("end-to-end")
+    config = TrainConfig(
+        encoder="tiny-random",
+        max_length=64,
+        head_tokens=48,
+        batch_size=8,
+        max_steps=4,
+        max_train_messages=None,
+        mixed_precision="no",
+        log_every=1,
+    )
+    data = dataset_from_messages(corpus(48, seed=1), ORG)
+    checkpoint = train(config, data, root / "checkpoint")
+    return export_model(checkpoint, root / "repository")
+
+
+@pytest.fixture(scope="module")
+def server(version_dir):
+    from serving.server import TritonServer
+
+    with TritonServer(version_dir.parents[1], startup_timeout_s=120) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[RawMessage]:
+    mail = [message for message, _ in corpus(12, seed=2)]
+    text_record = RawMessage(
+        "text-record", "synthetic", len(mail), b"Subject: Verify now\nLog in to keep it.", "text"
+    )
+    return [*mail, text_record]
+
+
+@pytest.fixture(scope="module")
+def in_process(version_dir, messages):
+    from serving.scorer import Scorer
+
+    return Scorer.load(version_dir).score(messages, ORG)
+
+
+def test_export_wrote_the_rendered_config_and_the_triton_model(version_dir):
+    assert (version_dir.parent / "config.pbtxt").read_text() == render_config()
+    names = {p.name for p in version_dir.iterdir()}
+    assert {"model.py", "model.onnx", "tokenizer.json", "bulwark.json"} <= names
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_server_verdicts_equal_in_process_verdicts(server, messages, in_process, protocol):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with BulwarkClient(url, timeout_s=60) as client:
+        served = list(client.score_messages(messages, ORG, concurrency=4))
+
+    assert all(v.error is None for v in in_process), [v.error for v in in_process]
+    assert len(served) == len(in_process)
+    for got, expected in zip(served, in_process, strict=True):
+        assert got.error is None, got.error
+        assert (got.id, got.source, got.index) == (expected.id, expected.source, expected.index)
+        assert (got.verdict, got.category, got.reasons) == (
+            expected.verdict,
+            expected.category,
+            expected.reasons,
+        )
+        assert got.score == pytest.approx(expected.score, abs=SCORE_TOLERANCE)
+
+
+def test_server_probabilities_equal_in_process_ones(server, version_dir, messages):
+    from serving.scorer import ScoreItem, Scorer
+
+    first = messages[0]
+    (decision,) = Scorer.load(version_dir).score_batch([ScoreItem(first.data, ORG, first.kind)])
+
+    inputs = []
+    for spec, value in ((RAW_MESSAGE, first.data), (ORG_ID, ORG.encode())):
+        tensor = httpclient.InferInput(spec.name, [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+        inputs.append(tensor)
+    with httpclient.InferenceServerClient(server.http_url.removeprefix("http://")) as raw:
+        result = raw.infer("bulwark", inputs)
+
+    served = result.as_numpy(PROBABILITIES.name)
+    assert served.shape == (1, 3)
+    np.testing.assert_allclose(served[0], decision.probabilities, atol=SCORE_TOLERANCE)

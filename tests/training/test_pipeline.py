@@ -1,0 +1,40 @@
+import json
+
+from detection.tensors import CLASS_NAMES
+from serving.scorer import Scorer
+from tests.model_fixtures import synthetic_raw_messages, tiny_model_version
+from training.export import latest_version_dir
+
+
+def test_published_version_holds_model_triton_code_and_policy():
+    repository, version_dir = tiny_model_version()
+    for name in ("model.onnx", "model.py", "tokenizer.json", "bulwark.json"):
+        assert (version_dir / name).is_file(), name
+    meta = json.loads((version_dir / "bulwark.json").read_text())
+    assert meta["policy"]["attack_threshold"] > 0
+    assert meta["parity"]["max_abs_difference"] <= 1e-4
+    assert meta["dataset_fingerprint"] == "synthetic"
+    assert (repository / "bulwark" / "config.pbtxt").is_file()
+
+
+def test_latest_version_is_the_newest_published():
+    repository, version_dir = tiny_model_version()
+    assert latest_version_dir(repository) == version_dir
+
+
+def test_evaluation_report_is_written_with_the_confusion_matrix():
+    _, version_dir = tiny_model_version()
+    meta = json.loads((version_dir / "bulwark.json").read_text())
+    report = meta["evaluation"][0]
+    assert report["split"] == "validation"
+    assert report["confusion_matrix"]["labels"] == list(CLASS_NAMES)
+
+
+def test_scorer_gives_the_same_verdict_twice_for_the_same_message():
+    _, version_dir = tiny_model_version()
+    scorer = Scorer.load(version_dir)
+    messages = [m for m, _ in synthetic_raw_messages(6, seed=3)]
+    first, second = scorer.score(messages), scorer.score(messages)
+    assert [v.score for v in first] == [v.score for v in second]
+    assert [v.id for v in first] == [m.id for m in messages]
+    assert all(v.verdict in CLASS_NAMES and v.error is None for v in first)

@@ -1,0 +1,221 @@
+"""Export a checkpoint to ONNX and publish it as a Triton model version.
+
+Contract:
+- `export_onnx(checkpoint_dir, staging_dir, parity_rows)` writes `model.onnx`
+  (dynamic batch and sequence axes), `tokenizer.json` and `bulwark.json`, and
+  checks ONNX Runtime against PyTorch on `parity_rows` (text, signals): the largest
+  absolute difference of probabilities must be at most `PARITY_TOLERANCE`, or
+  `ParityError` is raised and nothing is published.
+- `publish_version(staging_dir, repository, policy, extra)` moves a staged export
+  into `repository/bulwark/<version>/` beside `model.py` (the Triton model) and
+  writes the decision policy and any reports into `bulwark.json`.
+- `export_model(checkpoint_dir, repository)` does both with the default policy.
+
+Run:
+    python -m training.export --checkpoint runs/checkpoint --repository model_repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detection.decision import DecisionPolicy
+from detection.encoding import encode_batch, load_tokenizer
+from detection.fusion import ProbabilityModel
+from detection.tensors import ATTENTION_MASK, INPUT_IDS, PROBABILITIES, SIGNALS
+from training.train import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "bulwark"
+PARITY_TOLERANCE = 1e-4
+OPSET = 17
+TRITON_MODEL_FILE = Path(__file__).resolve().parents[1] / "serving" / "triton_model.py"
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def export_onnx(
+    checkpoint_dir: Path, staging_dir: Path, parity_rows: list[tuple[str, list[float]]]
+) -> float:
+    """Write the ONNX model and its metadata; return the parity difference measured."""
+    model, meta = load_checkpoint(checkpoint_dir)
+    config = meta["train_config"]
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint_dir / "tokenizer.json", staging_dir / "tokenizer.json")
+    tokenizer = load_tokenizer(str(staging_dir / "tokenizer.json"))
+
+    texts = [t for t, _ in parity_rows] or ["example subject\nexample body"]
+    signals = [s for _, s in parity_rows] or [[0.0] * len(meta["signal_names"])]
+    ids, mask = encode_batch(tokenizer, texts, config["max_length"], config["head_tokens"])
+    sig = np.asarray(signals, dtype=np.float32)
+    wrapped = ProbabilityModel(model).eval()
+    _write_onnx(wrapped, ids[:2], mask[:2], sig[:2], staging_dir / "model.raw.onnx")
+    fuse_transformer_ops(staging_dir / "model.raw.onnx", staging_dir / "model.onnx", model)
+    (staging_dir / "model.raw.onnx").unlink()
+
+    difference = parity_difference(wrapped, staging_dir / "model.onnx", ids, mask, sig)
+    if difference > PARITY_TOLERANCE:
+        raise ParityError(
+            f"ONNX and PyTorch probabilities differ by {difference:.2e} on {len(texts)} "
+            f"messages; allowed at most {PARITY_TOLERANCE:.0e}"
+        )
+    meta_out = {
+        "model_name": MODEL_NAME,
+        "max_length": config["max_length"],
+        "head_tokens": config["head_tokens"],
+        "signal_names": meta["signal_names"],
+        "class_names": meta["class_names"],
+        "train_config": config,
+        "dataset_fingerprint": meta["dataset_fingerprint"],
+        "code_version": meta["code_version"],
+        "parity": {"messages": len(texts), "max_abs_difference": difference},
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (staging_dir / "bulwark.json").write_text(json.dumps(meta_out, indent=2))
+    logger.info("exported ONNX; parity on %d messages: %.2e", len(texts), difference)
+    return difference
+
+
+def _write_onnx(model, ids, mask, signals, path: Path) -> None:
+    inputs = (torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(signals))
+    torch.onnx.export(
+        model,
+        inputs,
+        str(path),
+        input_names=[INPUT_IDS.name, ATTENTION_MASK.name, SIGNALS.name],
+        output_names=[PROBABILITIES.name],
+        dynamic_axes={
+            INPUT_IDS.name: {0: "batch", 1: "sequence"},
+            ATTENTION_MASK.name: {0: "batch", 1: "sequence"},
+            SIGNALS.name: {0: "batch"},
+            PROBABILITIES.name: {0: "batch"},
+        },
+        opset_version=OPSET,
+        dynamo=False,
+    )
+
+
+def fuse_transformer_ops(source: Path, target: Path, model) -> None:
+    """Fuse attention, layer norm and GELU with ONNX Runtime's BERT optimizer.
+
+    On two CPU cores this makes one 256-token message about three times faster;
+    the parity check below runs on the fused graph, so it is what is verified.
+    """
+    from onnxruntime.transformers import optimizer
+
+    encoder = model.encoder.config
+    fused = optimizer.optimize_model(
+        str(source),
+        model_type="bert",
+        num_heads=encoder.num_attention_heads,
+        hidden_size=encoder.hidden_size,
+        opt_level=1,
+    )
+    logger.info(
+        "fused operators: %s", {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+    )
+    fused.save_model_to_file(str(target))
+
+
+def parity_difference(model, onnx_path: Path, ids, mask, signals) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for start in range(0, len(ids), 16):
+        part = slice(start, start + 16)
+        width = int(mask[part].sum(axis=1).max())
+        feeds = {
+            INPUT_IDS.name: ids[part, :width],
+            ATTENTION_MASK.name: mask[part, :width],
+            SIGNALS.name: signals[part],
+        }
+        (onnx_probs,) = session.run([PROBABILITIES.name], feeds)
+        with torch.no_grad():
+            torch_probs = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+        worst = max(worst, float(np.abs(onnx_probs - torch_probs).max()))
+    return worst
+
+
+def next_version(repository: Path) -> int:
+    model_dir = repository / MODEL_NAME
+    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def latest_version_dir(repository: Path) -> Path:
+    """The newest exported version, or a clear error when there is none."""
+    version = next_version(repository) - 1
+    if version == 0:
+        raise FileNotFoundError(
+            f"no exported model in {repository / MODEL_NAME}: run the demo or "
+            "`python -m training.export` first, or pass --model"
+        )
+    return repository / MODEL_NAME / str(version)
+
+
+def publish_version(
+    staging_dir: Path,
+    repository: Path,
+    policy: DecisionPolicy,
+    extra: dict | None = None,
+    version: int | None = None,
+) -> Path:
+    from serving.pbtxt import write_config
+
+    write_config(repository)
+    version = version or next_version(repository)
+    meta = json.loads((staging_dir / "bulwark.json").read_text())
+    meta.update(extra or {})
+    meta["policy"] = dataclasses.asdict(policy)
+    meta["version"] = version
+    (staging_dir / "bulwark.json").write_text(json.dumps(meta, indent=2))
+    shutil.copyfile(TRITON_MODEL_FILE, staging_dir / "model.py")
+
+    target = repository / MODEL_NAME / str(version)
+    if target.exists():
+        raise FileExistsError(f"model version {target} exists already; versions are never replaced")
+    shutil.copytree(staging_dir, target)
+    logger.info("published model version %s", target)
+    return target
+
+
+def export_model(
+    checkpoint_dir: Path,
+    repository: Path,
+    *,
+    parity_rows: list[tuple[str, list[float]]] | None = None,
+    policy: DecisionPolicy | None = None,
+    version: int | None = None,
+) -> Path:
+    with tempfile.TemporaryDirectory() as staging:
+        export_onnx(Path(checkpoint_dir), Path(staging), parity_rows or [])
+        return publish_version(
+            Path(staging), Path(repository), policy or DecisionPolicy(), None, version
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(export_model(args.checkpoint, args.repository))
+
+
+if __name__ == "__main__":
+    main()
