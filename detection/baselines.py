@@ -64,9 +64,7 @@ SCHEMA_VERSION = "baselines-1"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROS = timedelta(microseconds=1)
 # addresses the sanitizer or the public corpora put in place of a recipient: no one
-IGNORED_RECIPIENTS = frozenset(
-    ("recipient@example.invalid", "phishing@pot", "username@domain.com")
-)
+IGNORED_RECIPIENTS = frozenset(("recipient@example.invalid", "phishing@pot", "username@domain.com"))
 
 
 @dataclass(frozen=True)
@@ -75,6 +73,7 @@ class BaselineConfig:
 
     window_days: int = 30  # the recent-activity window of the sender's message count
     max_recipients: int = 50  # recipients of one message that are looked up and recorded
+    max_recipient_profiles: int = 10  # of those, whose own history is read (keeps p99 low)
     max_references: int = 20  # In-Reply-To plus the newest References looked up
     lookalike_max_distance: int = 2  # edits on the registered domain's label
     lookalike_min_length: int = 5  # shorter labels are an edit or two from too many others
@@ -84,9 +83,7 @@ class BaselineConfig:
         for spec in fields(self):
             value = getattr(self, spec.name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(
-                    f"BaselineConfig.{spec.name} must be an integer, got {value!r}"
-                )
+                raise ValueError(f"BaselineConfig.{spec.name} must be an integer, got {value!r}")
             if value < 1:
                 raise ValueError(f"BaselineConfig.{spec.name} must be at least 1, got {value!r}")
         if self.lookalike_min_length > self.lookalike_max_length:
@@ -246,7 +243,9 @@ class Keyer:
 
     def _hash(self, org: str, kind: str, *values: str) -> bytes:
         text = "\x1f".join((org, kind, *values))
-        return hashlib.blake2b(text.encode("utf-8", "replace"), key=self._key, digest_size=16).digest()
+        return hashlib.blake2b(
+            text.encode("utf-8", "replace"), key=self._key, digest_size=16
+        ).digest()
 
     def __call__(self, org: str, kind: str, *values: str) -> bytes:
         return self._cached(org, kind, *values)
@@ -264,8 +263,12 @@ def deletion_variants(label: str, max_deletions: int) -> Iterator[tuple[str, tup
     """Every string made by deleting up to `max_deletions` characters, with the positions."""
     for count in range(max_deletions + 1):
         for positions in combinations(range(len(label)), count):
-            dropped = set(positions)
-            yield "".join(c for i, c in enumerate(label) if i not in dropped), positions
+            pieces, start = [], 0
+            for position in positions:
+                pieces.append(label[start:position])
+                start = position + 1
+            pieces.append(label[start:])
+            yield "".join(pieces), positions
 
 
 def alignment_cost(len_a: int, del_a: Sequence[int], len_b: int, del_b: Sequence[int]) -> int:
@@ -281,7 +284,7 @@ def alignment_cost(len_a: int, del_a: Sequence[int], len_b: int, del_b: Sequence
     kept_b = [i for i in range(len_b) if i not in dropped_b] + [len_b]
     assert len(kept_a) == len(kept_b), "variants of different lengths cannot match"
     cost, prev_a, prev_b = 0, -1, -1
-    for ia, ib in zip(kept_a, kept_b):
+    for ia, ib in zip(kept_a, kept_b, strict=True):
         cost += max(ia - prev_a - 1, ib - prev_b - 1)
         prev_a, prev_b = ia, ib
     return cost
@@ -312,24 +315,29 @@ def label_variants(
     return len(label), rows
 
 
+def query_index(query: Iterable[tuple[bytes, str]]) -> dict[bytes, list[tuple[int, ...]]]:
+    """Deleted positions by hashed variant, for `nearest_distance`."""
+    index: dict[bytes, list[tuple[int, ...]]] = {}
+    for variant, positions in query:
+        index.setdefault(variant, []).append(_positions(positions))
+    return index
+
+
 def nearest_distance(
     query_len: int,
-    query: Sequence[tuple[bytes, str]],
+    index: dict[bytes, list[tuple[int, ...]]],
     matches: Iterable[tuple[bytes, str, int]],
     max_distance: int,
 ) -> int:
     """Smallest edit distance from the query label to a matched label, or -1 if > max.
 
-    `matches` are stored (variant, positions, label length) rows sharing a variant
-    with the query.
+    `index` is the query label's `query_index`; `matches` are stored (variant,
+    positions, label length) rows sharing a variant with it.
     """
-    by_variant: dict[bytes, list[tuple[int, ...]]] = {}
-    for variant, positions in query:
-        by_variant.setdefault(variant, []).append(_positions(positions))
     best = max_distance + 1
     for variant, positions, length in matches:
         stored = _positions(positions)
-        for mine in by_variant.get(variant, ()):
+        for mine in index.get(variant, ()):
             best = min(best, alignment_cost(query_len, mine, length, stored))
     return best if best <= max_distance else -1
 
@@ -410,7 +418,8 @@ def probe_plan(
 ) -> list[tuple[str, bytes, int]]:
     """(name, series key, time) lookups whose answers `assemble_facts` needs for `rec`.
 
-    Each answer is the series' totals strictly before the time. Empty without a sender.
+    Each answer is the series' totals strictly before the time; only the first probe
+    (the sender's "from" series) needs its first event time. Empty without a sender.
     """
     if not rec.sender:
         return []
@@ -432,9 +441,10 @@ def probe_plan(
         probes.append((f"ref_in:{i}", k(org, "mid", thread_id), t))
     for j, recipient in enumerate(rec.recipients):
         probes.append((f"pair_in:{j}", k(org, "pair", sender, recipient), t))
-        probes.append((f"pair_out:{j}", k(org, "pair", recipient, sender), t))
-        probes.append((f"rcpt:{j}", k(org, "rcpt", recipient), t))
-        probes.append((f"rcpt_senders:{j}", k(org, "rcpt_senders", recipient), t))
+        if j < config.max_recipient_profiles:
+            probes.append((f"pair_out:{j}", k(org, "pair", recipient, sender), t))
+            probes.append((f"rcpt:{j}", k(org, "rcpt", recipient), t))
+            probes.append((f"rcpt_senders:{j}", k(org, "rcpt_senders", recipient), t))
     return probes
 
 
@@ -475,10 +485,10 @@ def assemble_facts(
     replies_to_org = sum(get(f"ref_out:{i}").n > 0 for i in refs)
     known_refs = sum(get(f"ref_out:{i}").n > 0 or get(f"ref_in:{i}").n > 0 for i in refs)
 
-    rcpts = range(len(rec.recipients))
-    rcpt = [get(f"rcpt:{j}") for j in rcpts]
-    safe_total = sum(r.n for r in rcpt)
     count = len(rec.recipients)
+    profiled = range(min(count, config.max_recipient_profiles))
+    rcpt = [get(f"rcpt:{j}") for j in profiled]
+    safe_total = sum(r.n for r in rcpt)
     name_pair_known = get("name_pair").n > 0
     return SenderFacts(
         messages_before=sender.n,
@@ -500,11 +510,12 @@ def assemble_facts(
         sender_internal=internal.n > 0,
         sender_mean_recipients=(sender.w + sent.w) / own_messages if own_messages else 0.0,
         recipient_count=count,
-        recipients_with_sender_history=sum(get(f"pair_in:{j}").n > 0 for j in rcpts),
-        recipients_who_wrote_to_sender=sum(get(f"pair_out:{j}").n > 0 for j in rcpts),
-        recipient_safe_messages=safe_total / count if count else 0.0,
+        recipients_with_sender_history=sum(get(f"pair_in:{j}").n > 0 for j in range(count)),
+        recipients_profiled=len(profiled),
+        recipients_who_wrote_to_sender=sum(get(f"pair_out:{j}").n > 0 for j in profiled),
+        recipient_safe_messages=safe_total / len(profiled) if profiled else 0.0,
         recipient_distinct_senders=(
-            sum(get(f"rcpt_senders:{j}").n for j in rcpts) / count if count else 0.0
+            sum(get(f"rcpt_senders:{j}").n for j in profiled) / len(profiled) if profiled else 0.0
         ),
         recipient_first_time_rate=sum(r.w for r in rcpt) / safe_total if safe_total else 0.0,
     )
@@ -516,7 +527,9 @@ def assemble_facts(
 class BaselineStore(Protocol):
     """What scoring and training need from a baseline store (see the module contract)."""
 
-    def facts_before(self, org: str, parsed: ParsedMessage, when: datetime | None) -> SenderFacts: ...
+    def facts_before(
+        self, org: str, parsed: ParsedMessage, when: datetime | None
+    ) -> SenderFacts: ...
 
     def record(self, org: str, parsed: ParsedMessage, when: datetime | None) -> None: ...
 
@@ -552,6 +565,8 @@ class _SQLStore:
         self._keyer = Keyer(key)
         self._autocommit = autocommit
         self._lock = threading.Lock()
+        # a sender domain's query variants are the same for every message from it
+        self._query_variants = lru_cache(maxsize=8192)(self._label_variants)
 
     # subclass hooks
     def _run(self, sql: str, params: Sequence = ()) -> list[tuple]:
@@ -579,18 +594,21 @@ class _SQLStore:
     def facts_before(self, org: str, parsed: ParsedMessage, when: datetime | None) -> SenderFacts:
         return self.facts_for(record_from_parsed(org, parsed, when, "inbound", self.config))
 
+    def _label_variants(self, org: str, domain: str) -> tuple[int, dict, str]:
+        length, query = label_variants(org, domain, self._keyer, self.config)
+        index = query_index(query)
+        marks = ",".join([self._param] * len(index))
+        sql = self._sql(f"SELECT v, pos, len, dom FROM variants WHERE v IN ({marks}) AND ts < ?")
+        return length, index, sql
+
     def _lookalike(self, rec: MailRecord) -> int:
-        length, query = label_variants(rec.org, rec.domain, self._keyer, self.config)
-        if not query:
+        length, index, sql = self._query_variants(rec.org, rec.domain)
+        if not index:
             return -1
         own = self._keyer(rec.org, "corr", rec.domain)
-        marks = ",".join([self._param] * len(query))
-        rows = self._run(
-            self._sql(f"SELECT v, pos, len, dom FROM variants WHERE v IN ({marks}) AND ts < ?"),
-            [v for v, _ in query] + [rec.ts],
-        )
+        rows = self._run(sql, [*index, rec.ts])
         matches = ((bytes(v), pos, n) for v, pos, n, dom in rows if bytes(dom) != own)
-        return nearest_distance(length, query, matches, self.config.lookalike_max_distance)
+        return nearest_distance(length, index, matches, self.config.lookalike_max_distance)
 
     # writing
     def record(self, org: str, parsed: ParsedMessage, when: datetime | None) -> None:
@@ -651,8 +669,10 @@ class _SQLStore:
         self._run(
             self._sql(
                 "INSERT INTO series (k, ts, n, w) SELECT ?, ?, "
-                "COALESCE((SELECT n FROM series WHERE k = ? AND ts < ? ORDER BY ts DESC LIMIT 1), 0), "
-                "COALESCE((SELECT w FROM series WHERE k = ? AND ts < ? ORDER BY ts DESC LIMIT 1), 0) "
+                "COALESCE((SELECT n FROM series WHERE k = ? AND ts < ? "
+                "ORDER BY ts DESC LIMIT 1), 0), "
+                "COALESCE((SELECT w FROM series WHERE k = ? AND ts < ? "
+                "ORDER BY ts DESC LIMIT 1), 0) "
                 "WHERE true ON CONFLICT (k, ts) DO NOTHING"
             ),
             (key, ts, key, ts, key, ts),
@@ -730,7 +750,9 @@ class SQLiteBaselineStore(_SQLStore):
     """The default store: embedded SQLite, a file or ":memory:".
 
     `autocommit=False` leaves each `record` uncommitted until `commit()` (bulk builds).
-    Raises ValueError when an existing file was written with another key.
+    A file is memory-mapped up to `mmap_mb` and cached up to `cache_mb` (address space
+    and page cache, not private memory). Raises ValueError when an existing file was
+    written with another key.
     """
 
     def __init__(
@@ -739,12 +761,19 @@ class SQLiteBaselineStore(_SQLStore):
         key: bytes = DEFAULT_KEY,
         autocommit: bool = True,
         config: BaselineConfig = DEFAULT_CONFIG,
+        cache_mb: int = 64,
+        mmap_mb: int = 4096,
     ) -> None:
         super().__init__(key, config, autocommit)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         if str(path) != ":memory:":
+            if key == DEFAULT_KEY:
+                logger.warning("baseline file hashed with the public default key: pass key=")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # lookups touch a few hundred pages: map the file rather than read it page by page
+            self._db.execute(f"PRAGMA mmap_size={int(mmap_mb) * 2**20}")
+            self._db.execute(f"PRAGMA cache_size=-{int(cache_mb) * 1024}")
         self._db.executescript(_SQLITE_SCHEMA)
         self._db.execute(
             "INSERT OR IGNORE INTO meta VALUES ('schema', ?), ('key', ?)",
@@ -783,10 +812,11 @@ class SQLiteBaselineStore(_SQLStore):
         sql = self._lookup_sql.get(len(probes))
         if sql is None:
             values = ",".join(["(?, ?, ?)"] * len(probes))
+            # only the first probe's first event time is read (the sender's first_seen)
             sql = (
                 f"WITH q(i, k, t) AS (VALUES {values}) "
-                "SELECT q.i, e.n, e.w, e.ts, "
-                "(SELECT f.ts FROM series f WHERE f.k = q.k ORDER BY f.ts LIMIT 1) "
+                "SELECT q.i, e.n, e.w, e.ts, CASE WHEN q.i = 0 THEN "
+                "(SELECT f.ts FROM series f WHERE f.k = q.k ORDER BY f.ts LIMIT 1) END "
                 "FROM q JOIN series e ON e.k = q.k AND e.ts = ("
                 "SELECT g.ts FROM series g WHERE g.k = q.k AND g.ts < q.t "
                 "ORDER BY g.ts DESC LIMIT 1)"
@@ -796,7 +826,9 @@ class SQLiteBaselineStore(_SQLStore):
         rows = self._db.execute(sql, params).fetchall()
         return {probes[i][0]: Totals(n, w, first, last) for i, n, w, last, first in rows}
 
-    def load(self, series: Iterable[tuple], correspondents: Iterable[tuple], variants: Iterable[tuple]) -> None:
+    def load(
+        self, series: Iterable[tuple], correspondents: Iterable[tuple], variants: Iterable[tuple]
+    ) -> None:
         """Bulk-load tables from `TableBuilder` (or the Spark job) into an empty store.
 
         Raises ValueError when the store already holds history (merging is not supported).
@@ -856,7 +888,8 @@ class PostgresBaselineStore(_SQLStore):
 
         if not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(
-                f"schema must match {_SCHEMA_NAME.pattern} (a lower-case identifier), got {schema!r}"
+                f"schema must match {_SCHEMA_NAME.pattern} (a lower-case identifier), "
+                f"got {schema!r}"
             )
         super().__init__(key, config, autocommit)
         self.schema = schema
@@ -901,12 +934,15 @@ class PostgresBaselineStore(_SQLStore):
             "FROM unnest(%s::bytea[], %s::bigint[]) WITH ORDINALITY AS q(k, t, i) "
             "JOIN LATERAL (SELECT n, w, ts FROM series "
             "  WHERE k = q.k AND ts < q.t ORDER BY ts DESC LIMIT 1) e ON true "
-            "JOIN LATERAL (SELECT ts FROM series WHERE k = q.k ORDER BY ts LIMIT 1) f ON true",
+            "LEFT JOIN LATERAL (SELECT ts FROM series "
+            "  WHERE q.i = 1 AND k = q.k ORDER BY ts LIMIT 1) f ON true",
             ([key for _, key, _ in probes], [t for _, _, t in probes]),
         ).fetchall()
         return {probes[i - 1][0]: Totals(n, w, first, last) for i, n, w, last, first in rows}
 
-    def load(self, series: Iterable[tuple], correspondents: Iterable[tuple], variants: Iterable[tuple]) -> None:
+    def load(
+        self, series: Iterable[tuple], correspondents: Iterable[tuple], variants: Iterable[tuple]
+    ) -> None:
         """Bulk-load tables (COPY) into an empty schema; raises ValueError otherwise."""
         with self._lock:
             if self._db.execute("SELECT 1 FROM series LIMIT 1").fetchone():
@@ -920,6 +956,7 @@ class PostgresBaselineStore(_SQLStore):
                     with cursor.copy(f"COPY {table} FROM STDIN") as copy:
                         for row in rows:
                             copy.write_row(row)
+            self._db.execute("ANALYZE")  # plan the lookups on the loaded sizes
             self._db.commit()
 
     def drop(self) -> None:
@@ -1026,7 +1063,9 @@ class TableBuilder:
         key_of = self._key_of
         series = (
             (key_of[k], t, n, w)
-            for k, t, n, w in zip(key.tolist(), ts.tolist(), n_total.tolist(), w_total.tolist())
+            for k, t, n, w in zip(
+                key.tolist(), ts.tolist(), n_total.tolist(), w_total.tolist(), strict=True
+            )
         )
         correspondents = [(dom, ts_) for dom, (ts_, _, _) in self._correspondents.items()]
         return series, correspondents, self._variant_rows()

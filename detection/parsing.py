@@ -75,7 +75,9 @@ class ParseLimits:
     max_part_text_bytes: int = 1_000_000  # decoded bytes kept of one text part
     max_text_chars: int = 50_000  # characters kept of visible (and of hidden) text
     max_urls: int = 500  # URLs kept
-    time_budget_s: float = 0.25  # wall time after which no further part is read
+    # a backstop only: the count and size limits above bound the work deterministically,
+    # so that a busy machine does not change what is read (and so a message's features)
+    time_budget_s: float = 2.0  # wall time after which no further part is read
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -60,9 +60,11 @@ class SenderFacts:
     # recipients
     recipient_count: int = 0
     recipients_with_sender_history: int = 0  # recipients this sender wrote to before
+    # the first few recipients' own history (BaselineConfig.max_recipient_profiles)
+    recipients_profiled: int = 0
     recipients_who_wrote_to_sender: int = 0
-    recipient_safe_messages: float = 0.0  # mean over the recipients
-    recipient_distinct_senders: float = 0.0  # mean over the recipients
+    recipient_safe_messages: float = 0.0  # mean over the profiled recipients
+    recipient_distinct_senders: float = 0.0  # mean over the profiled recipients
     recipient_first_time_rate: float = 0.0  # share of their safe mail from new senders
 
     @property
@@ -100,9 +102,13 @@ class Signal:
 
     def __post_init__(self) -> None:
         if self.group not in GROUPS:
-            raise ValueError(f"signal {self.name!r}: group must be one of {GROUPS}, got {self.group!r}")
+            raise ValueError(
+                f"signal {self.name!r}: group must be one of {GROUPS}, got {self.group!r}"
+            )
         if self.scale not in SCALES:
-            raise ValueError(f"signal {self.name!r}: scale must be one of {SCALES}, got {self.scale!r}")
+            raise ValueError(
+                f"signal {self.name!r}: scale must be one of {SCALES}, got {self.scale!r}"
+            )
         if not self.low < self.high:
             raise ValueError(f"signal {self.name!r}: range [{self.low}, {self.high}] is empty")
 
@@ -120,35 +126,115 @@ def _phrases(*words: str) -> re.Pattern:
 
 
 CREDENTIAL_WORDS = _phrases(
-    r"verify (?:your )?(?:account|identity|email|mailbox)", r"log ?in", r"sign ?in", r"password",
-    r"confirm (?:your )?(?:account|identity|details)", r"suspend(?:ed)?", r"unlock",
-    r"mailbox (?:is )?(?:full|quota)", r"re-?activate", r"credentials?", r"security alert",
-    r"unusual (?:sign-in )?activity", r"update (?:your )?(?:account|information|details)",
+    r"verify (?:your )?(?:account|identity|email|mailbox)",
+    r"log ?in",
+    r"sign ?in",
+    r"password",
+    r"confirm (?:your )?(?:account|identity|details)",
+    r"suspend(?:ed)?",
+    r"unlock",
+    r"mailbox (?:is )?(?:full|quota)",
+    r"re-?activate",
+    r"credentials?",
+    r"security alert",
+    r"unusual (?:sign-in )?activity",
+    r"update (?:your )?(?:account|information|details)",
 )
 PAYMENT_WORDS = _phrases(
-    r"wire transfer", r"invoice", r"bank (?:details|account)", r"payment", r"gift ?cards?",
-    r"remittance", r"overdue", r"account number", r"routing number", r"iban", r"swift",
-    r"refund", r"bitcoin", r"btc", r"transfer (?:the )?funds",
+    r"wire transfer",
+    r"invoice",
+    r"bank (?:details|account)",
+    r"payment",
+    r"gift ?cards?",
+    r"remittance",
+    r"overdue",
+    r"account number",
+    r"routing number",
+    r"iban",
+    r"swift",
+    r"refund",
+    r"bitcoin",
+    r"btc",
+    r"transfer (?:the )?funds",
 )
 URGENCY_WORDS = _phrases(
-    r"urgent(?:ly)?", r"immediately", r"within (?:24|48|72) hours", r"act now", r"final notice",
-    r"expire[sd]?", r"as soon as possible", r"asap", r"right away", r"last warning",
-    r"confidential", r"do not share",
+    r"urgent(?:ly)?",
+    r"immediately",
+    r"within (?:24|48|72) hours",
+    r"act now",
+    r"final notice",
+    r"expire[sd]?",
+    r"as soon as possible",
+    r"asap",
+    r"right away",
+    r"last warning",
+    r"confidential",
+    r"do not share",
 )
 RISKY_EXTENSIONS = (
-    ".exe", ".scr", ".js", ".jse", ".vbs", ".vbe", ".bat", ".cmd", ".com", ".pif", ".hta",
-    ".htm", ".html", ".shtml", ".iso", ".img", ".lnk", ".jar", ".msi", ".ps1", ".wsf",
-    ".docm", ".xlsm", ".pptm", ".dotm", ".xlam", ".one",
+    ".exe",
+    ".scr",
+    ".js",
+    ".jse",
+    ".vbs",
+    ".vbe",
+    ".bat",
+    ".cmd",
+    ".com",
+    ".pif",
+    ".hta",
+    ".htm",
+    ".html",
+    ".shtml",
+    ".iso",
+    ".img",
+    ".lnk",
+    ".jar",
+    ".msi",
+    ".ps1",
+    ".wsf",
+    ".docm",
+    ".xlsm",
+    ".pptm",
+    ".dotm",
+    ".xlam",
+    ".one",
 )
 FREEMAIL_DOMAINS = frozenset(
     (
-        "gmail.com", "googlemail.com", "yahoo.com", "hotmail.com", "outlook.com", "live.com",
-        "aol.com", "icloud.com", "mail.com", "gmx.com", "gmx.de", "gmx.net", "web.de",
-        "yandex.ru", "mail.ru", "protonmail.com", "proton.me", "zoho.com", "qq.com",
+        "gmail.com",
+        "googlemail.com",
+        "yahoo.com",
+        "hotmail.com",
+        "outlook.com",
+        "live.com",
+        "aol.com",
+        "icloud.com",
+        "mail.com",
+        "gmx.com",
+        "gmx.de",
+        "gmx.net",
+        "web.de",
+        "yandex.ru",
+        "mail.ru",
+        "protonmail.com",
+        "proton.me",
+        "zoho.com",
+        "qq.com",
     )
 )
 SHORTENER_DOMAINS = frozenset(
-    ("bit.ly", "tinyurl.com", "t.co", "goo.gl", "ow.ly", "is.gd", "buff.ly", "rebrand.ly", "cutt.ly")
+    (
+        "bit.ly",
+        "tinyurl.com",
+        "t.co",
+        "goo.gl",
+        "ow.ly",
+        "is.gd",
+        "buff.ly",
+        "rebrand.ly",
+        "cutt.ly",
+    )
 )
 
 
@@ -175,7 +261,9 @@ def _is_ip(host: str) -> bool:
 
 def _mismatched_links(m: ParsedMessage) -> int:
     return sum(
-        1 for u in m.urls if u.text_domain and u.registered_domain and u.text_domain != u.registered_domain
+        1
+        for u in m.urls
+        if u.text_domain and u.registered_domain and u.text_domain != u.registered_domain
     )
 
 
@@ -192,188 +280,358 @@ def _hidden_ratio(m: ParsedMessage) -> float:
 
 def _defect_signal(kind: str) -> Signal:
     return Signal(
-        f"defect_{kind}", "message", f"the parser recorded a {kind.replace('_', ' ')} defect",
-        1.0, lambda m, k=kind: float(m.defects.get(k, 0) > 0),
+        f"defect_{kind}",
+        "message",
+        f"the parser recorded a {kind.replace('_', ' ')} defect",
+        1.0,
+        lambda m, k=kind: float(m.defects.get(k, 0) > 0),
     )
 
 
 MESSAGE_SIGNALS = (
     Signal("link_count", "message", "links in the message", 50, lambda m: len(m.urls), "log"),
     Signal(
-        "link_domain_count", "message", "distinct registered domains that links point to",
-        20, lambda m: len({u.registered_domain for u in m.urls if u.registered_domain}), "log",
+        "link_domain_count",
+        "message",
+        "distinct registered domains that links point to",
+        20,
+        lambda m: len({u.registered_domain for u in m.urls if u.registered_domain}),
+        "log",
     ),
     Signal(
-        "link_text_mismatch", "message", "links whose visible text shows another domain than the target",
-        5, _mismatched_links,
-    ),
-    Signal("ip_link", "message", "links to a bare IP address", 1, lambda m: any(_is_ip(u.host) for u in m.urls)),
-    Signal(
-        "shortener_link", "message", "links through a URL shortener",
-        1, lambda m: any(u.registered_domain in SHORTENER_DOMAINS for u in m.urls),
-    ),
-    Signal("reply_to_differs", "message", "Reply-To domain differs from From domain", 1, lambda m: _differs(m, m.reply_to)),
-    Signal(
-        "return_path_differs", "message", "Return-Path domain differs from From domain",
-        1, lambda m: _differs(m, m.return_path),
-    ),
-    Signal("message_id_differs", "message", "Message-ID domain differs from From domain", 1, _message_id_mismatch),
-    Signal("freemail_sender", "message", "From is a free-mail address", 1, lambda m: _domain(m.from_) in FREEMAIL_DOMAINS),
-    Signal(
-        "credential_wording", "message", "login, password or account-verification wording",
-        10, lambda m: len(CREDENTIAL_WORDS.findall(_text(m))), "log",
+        "link_text_mismatch",
+        "message",
+        "links whose visible text shows another domain than the target",
+        5,
+        _mismatched_links,
     ),
     Signal(
-        "payment_wording", "message", "payment, invoice, bank-detail or gift-card wording",
-        10, lambda m: len(PAYMENT_WORDS.findall(_text(m))), "log",
+        "ip_link",
+        "message",
+        "links to a bare IP address",
+        1,
+        lambda m: any(_is_ip(u.host) for u in m.urls),
     ),
     Signal(
-        "urgency_wording", "message", "urgency or secrecy wording",
-        10, lambda m: len(URGENCY_WORDS.findall(_text(m))), "log",
+        "shortener_link",
+        "message",
+        "links through a URL shortener",
+        1,
+        lambda m: any(u.registered_domain in SHORTENER_DOMAINS for u in m.urls),
     ),
-    Signal("html_only", "message", "HTML body with no plain-text alternative", 1, lambda m: m.html_only),
+    Signal(
+        "reply_to_differs",
+        "message",
+        "Reply-To domain differs from From domain",
+        1,
+        lambda m: _differs(m, m.reply_to),
+    ),
+    Signal(
+        "return_path_differs",
+        "message",
+        "Return-Path domain differs from From domain",
+        1,
+        lambda m: _differs(m, m.return_path),
+    ),
+    Signal(
+        "message_id_differs",
+        "message",
+        "Message-ID domain differs from From domain",
+        1,
+        _message_id_mismatch,
+    ),
+    Signal(
+        "freemail_sender",
+        "message",
+        "From is a free-mail address",
+        1,
+        lambda m: _domain(m.from_) in FREEMAIL_DOMAINS,
+    ),
+    Signal(
+        "credential_wording",
+        "message",
+        "login, password or account-verification wording",
+        10,
+        lambda m: len(CREDENTIAL_WORDS.findall(_text(m))),
+        "log",
+    ),
+    Signal(
+        "payment_wording",
+        "message",
+        "payment, invoice, bank-detail or gift-card wording",
+        10,
+        lambda m: len(PAYMENT_WORDS.findall(_text(m))),
+        "log",
+    ),
+    Signal(
+        "urgency_wording",
+        "message",
+        "urgency or secrecy wording",
+        10,
+        lambda m: len(URGENCY_WORDS.findall(_text(m))),
+        "log",
+    ),
+    Signal(
+        "html_only", "message", "HTML body with no plain-text alternative", 1, lambda m: m.html_only
+    ),
     Signal("attachment_count", "message", "attachments", 10, lambda m: len(m.attachments), "log"),
     Signal(
-        "risky_attachment", "message", "attachments of a type that runs code or hides a page",
-        3, lambda m: sum(1 for a in m.attachments if a.filename.lower().endswith(RISKY_EXTENSIONS)),
+        "risky_attachment",
+        "message",
+        "attachments of a type that runs code or hides a page",
+        3,
+        lambda m: sum(1 for a in m.attachments if a.filename.lower().endswith(RISKY_EXTENSIONS)),
     ),
-    Signal("text_length", "message", "characters of visible text", 20000, lambda m: len(m.visible_text), "log"),
-    Signal("no_text", "message", "fewer than 20 characters of visible text", 1, lambda m: len(m.visible_text.strip()) < 20),
-    Signal("hidden_text_ratio", "message", "share of the text that is hidden from the reader", 1, _hidden_ratio),
+    Signal(
+        "text_length",
+        "message",
+        "characters of visible text",
+        20000,
+        lambda m: len(m.visible_text),
+        "log",
+    ),
+    Signal(
+        "no_text",
+        "message",
+        "fewer than 20 characters of visible text",
+        1,
+        lambda m: len(m.visible_text.strip()) < 20,
+    ),
+    Signal(
+        "hidden_text_ratio",
+        "message",
+        "share of the text that is hidden from the reader",
+        1,
+        _hidden_ratio,
+    ),
     Signal("image_count", "message", "images in the message", 20, lambda m: m.image_count, "log"),
-    Signal("linked_image_count", "message", "images wrapped in a link", 10, lambda m: m.linked_image_count, "log"),
+    Signal(
+        "linked_image_count",
+        "message",
+        "images wrapped in a link",
+        10,
+        lambda m: m.linked_image_count,
+        "log",
+    ),
     Signal("no_subject", "message", "empty or missing Subject", 1, lambda m: not m.subject.strip()),
     *(_defect_signal(kind) for kind in DEFECT_KINDS),
     Signal(
-        "invisible_char_count", "message", "zero-width or bidi-control characters in the text",
-        50, lambda m: m.invisible_char_count, "log",
+        "invisible_char_count",
+        "message",
+        "zero-width or bidi-control characters in the text",
+        50,
+        lambda m: m.invisible_char_count,
+        "log",
     ),
     Signal(
-        "link_userinfo_trick", "message", "links with text before an @ that hides the real host",
-        3, lambda m: sum(1 for u in m.urls if "userinfo" in u.tricks),
+        "link_userinfo_trick",
+        "message",
+        "links with text before an @ that hides the real host",
+        3,
+        lambda m: sum(1 for u in m.urls if "userinfo" in u.tricks),
     ),
     Signal(
-        "link_obfuscated_host", "message", "links whose host is encoded, numeric or mangled",
-        3, lambda m: sum(1 for u in m.urls if u.obfuscated_host),
+        "link_obfuscated_host",
+        "message",
+        "links whose host is encoded, numeric or mangled",
+        3,
+        lambda m: sum(1 for u in m.urls if u.obfuscated_host),
     ),
     Signal(
-        "punycode_link", "message", "links to an internationalised (punycode) host",
-        1, lambda m: any("punycode" in u.tricks for u in m.urls),
+        "punycode_link",
+        "message",
+        "links to an internationalised (punycode) host",
+        1,
+        lambda m: any("punycode" in u.tricks for u in m.urls),
     ),
     Signal(
-        "archive_attachment", "message", "attachments that are archives (zip, rar, 7z, ...)",
-        3, lambda m: sum(1 for a in m.attachments if a.is_archive),
+        "archive_attachment",
+        "message",
+        "attachments that are archives (zip, rar, 7z, ...)",
+        3,
+        lambda m: sum(1 for a in m.attachments if a.is_archive),
     ),
     Signal(
-        "document_attachment", "message", "attachments that are PDF or office documents",
-        3, lambda m: sum(1 for a in m.attachments if a.is_document),
+        "document_attachment",
+        "message",
+        "attachments that are PDF or office documents",
+        3,
+        lambda m: sum(1 for a in m.attachments if a.is_document),
     ),
 )
 
 SENDER_SIGNALS = (
     Signal(
-        "sender_seen_before", "sender", "the organisation had safe mail from this address before",
-        1, lambda f: f.messages_before > 0,
+        "sender_seen_before",
+        "sender",
+        "the organisation had safe mail from this address before",
+        1,
+        lambda f: f.messages_before > 0,
     ),
     Signal(
-        "first_time_sender", "sender",
+        "first_time_sender",
+        "sender",
         "no safe mail from this address before and the organisation never wrote to it",
-        1, lambda f: f.messages_before == 0 and f.org_messages_to_sender == 0,
+        1,
+        lambda f: f.messages_before == 0 and f.org_messages_to_sender == 0,
     ),
     Signal(
-        "sender_message_count", "sender", "safe messages from this address so far",
-        1000, lambda f: f.messages_before, "log",
+        "sender_message_count",
+        "sender",
+        "safe messages from this address so far",
+        1000,
+        lambda f: f.messages_before,
+        "log",
     ),
     Signal(
-        "sender_recent_messages", "sender", "safe messages from this address in the recent window (30 days by default)",
-        300, lambda f: f.messages_in_window, "log",
+        "sender_recent_messages",
+        "sender",
+        "safe messages from this address in the recent window (30 days by default)",
+        300,
+        lambda f: f.messages_in_window,
+        "log",
     ),
     Signal(
-        "sender_days_known", "sender", "days since this address first wrote",
-        3650, lambda f: f.days_known, "log",
+        "sender_days_known",
+        "sender",
+        "days since this address first wrote",
+        3650,
+        lambda f: f.days_known,
+        "log",
     ),
     Signal(
-        "sender_days_since_last", "sender", "days since this address last wrote (0 if never)",
-        3650, lambda f: f.days_since_last, "log",
+        "sender_days_since_last",
+        "sender",
+        "days since this address last wrote (0 if never)",
+        3650,
+        lambda f: f.days_since_last,
+        "log",
     ),
     Signal(
-        "sender_domain_seen_before", "sender", "the organisation had safe mail from this domain before",
-        1, lambda f: f.domain_messages_before > 0,
+        "sender_domain_seen_before",
+        "sender",
+        "the organisation had safe mail from this domain before",
+        1,
+        lambda f: f.domain_messages_before > 0,
     ),
     Signal(
-        "sender_domain_message_count", "sender", "safe messages from this domain so far",
-        10000, lambda f: f.domain_messages_before, "log",
+        "sender_domain_message_count",
+        "sender",
+        "safe messages from this domain so far",
+        10000,
+        lambda f: f.domain_messages_before,
+        "log",
     ),
     Signal(
-        "org_wrote_to_sender", "sender", "someone in the organisation wrote to this address before",
-        1, lambda f: f.org_messages_to_sender > 0,
+        "org_wrote_to_sender",
+        "sender",
+        "someone in the organisation wrote to this address before",
+        1,
+        lambda f: f.org_messages_to_sender > 0,
     ),
     Signal(
-        "org_replied_to_sender", "sender", "someone in the organisation replied to this address before",
-        1, lambda f: f.org_replies_to_sender > 0,
+        "org_replied_to_sender",
+        "sender",
+        "someone in the organisation replied to this address before",
+        1,
+        lambda f: f.org_replies_to_sender > 0,
     ),
     Signal(
-        "org_wrote_to_sender_domain", "sender", "the organisation wrote to this domain before",
-        1, lambda f: f.org_messages_to_domain > 0,
+        "org_wrote_to_sender_domain",
+        "sender",
+        "the organisation wrote to this domain before",
+        1,
+        lambda f: f.org_messages_to_domain > 0,
     ),
     Signal(
-        "display_name_new_address", "sender",
+        "display_name_new_address",
+        "sender",
         "the display name came before from other addresses, never from this one",
-        1, lambda f: f.display_name_other_addresses > 0 and not f.display_name_known_with_address,
+        1,
+        lambda f: f.display_name_other_addresses > 0 and not f.display_name_known_with_address,
     ),
     Signal(
-        "reply_to_org_thread", "sender",
+        "reply_to_org_thread",
+        "sender",
         "In-Reply-To or References names a message the organisation sent",
-        1, lambda f: f.thread_replies_to_org > 0,
+        1,
+        lambda f: f.thread_replies_to_org > 0,
     ),
     Signal(
-        "reply_to_unknown_thread", "sender",
+        "reply_to_unknown_thread",
+        "sender",
         "the message claims a thread (In-Reply-To/References) the organisation has no mail of",
-        1, lambda f: f.thread_references > 0 and f.thread_known_references == 0,
+        1,
+        lambda f: f.thread_references > 0 and f.thread_known_references == 0,
     ),
     Signal(
-        "lookalike_correspondent_domain", "sender",
+        "lookalike_correspondent_domain",
+        "sender",
         "the domain is one or two edits from a correspondent's domain but is not it",
-        1, lambda f: f.lookalike_distance >= 0,
+        1,
+        lambda f: f.lookalike_distance >= 0,
     ),
     Signal(
-        "internal_sender", "sender", "the sender's domain is one the organisation sends from",
-        1, lambda f: f.sender_internal,
+        "internal_sender",
+        "sender",
+        "the sender's domain is one the organisation sends from",
+        1,
+        lambda f: f.sender_internal,
     ),
     Signal(
-        "internal_new_recipients", "sender",
+        "internal_new_recipients",
+        "sender",
         "recipients an internal sender never wrote to before (0 for external senders)",
-        100, lambda f: f.new_recipients if f.sender_internal else 0, "log",
+        100,
+        lambda f: f.new_recipients if f.sender_internal else 0,
+        "log",
     ),
     Signal(
-        "internal_fanout_ratio", "sender",
+        "internal_fanout_ratio",
+        "sender",
         "recipients of this message over the internal sender's usual number (0 for external)",
-        20, lambda f: f.recipient_count / max(1.0, f.sender_mean_recipients) if f.sender_internal else 0,
+        20,
+        lambda f: f.recipient_count / max(1.0, f.sender_mean_recipients) * f.sender_internal,
     ),
 )
 
 RECIPIENT_SIGNALS = (
     Signal(
-        "first_time_sender_to_recipient", "recipient",
+        "first_time_sender_to_recipient",
+        "recipient",
         "share of the recipients who never had mail from this sender",
-        1, lambda f: _share(f.new_recipients, f.recipient_count),
+        1,
+        lambda f: _share(f.new_recipients, f.recipient_count),
     ),
     Signal(
-        "recipient_wrote_to_sender", "recipient", "share of the recipients who wrote to this sender before",
-        1, lambda f: _share(f.recipients_who_wrote_to_sender, f.recipient_count),
+        "recipient_wrote_to_sender",
+        "recipient",
+        "share of the recipients who wrote to this sender before",
+        1,
+        lambda f: _share(f.recipients_who_wrote_to_sender, f.recipients_profiled),
     ),
     Signal(
-        "recipient_safe_messages", "recipient", "safe messages each recipient received before (mean)",
-        100000, lambda f: f.recipient_safe_messages, "log",
+        "recipient_safe_messages",
+        "recipient",
+        "safe messages each recipient received before (mean)",
+        100000,
+        lambda f: f.recipient_safe_messages,
+        "log",
     ),
     Signal(
-        "recipient_distinct_senders", "recipient", "distinct senders each recipient had mail from (mean)",
-        10000, lambda f: f.recipient_distinct_senders, "log",
+        "recipient_distinct_senders",
+        "recipient",
+        "distinct senders each recipient had mail from (mean)",
+        10000,
+        lambda f: f.recipient_distinct_senders,
+        "log",
     ),
     Signal(
-        "recipient_first_time_rate", "recipient",
+        "recipient_first_time_rate",
+        "recipient",
         "share of the recipients' safe mail that came from first-time senders",
-        1, lambda f: f.recipient_first_time_rate,
+        1,
+        lambda f: f.recipient_first_time_rate,
     ),
 )
 BASELINE_SIGNALS = SENDER_SIGNALS + RECIPIENT_SIGNALS

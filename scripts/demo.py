@@ -23,13 +23,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.dataset import DatasetConfig, build_dataset, load_dataset_dict  # noqa: E402
-
 from detection.sources import RawMessage  # noqa: E402
 from serving.client import BulwarkClient  # noqa: E402
-from serving.scorer import Scorer  # noqa: E402
+from serving.scorer import HISTORY_ENV, Scorer  # noqa: E402
 from serving.server import TritonServer  # noqa: E402
 from training.config import PRESETS, TrainConfig  # noqa: E402
+from training.dataset import DatasetConfig, build_dataset, load_dataset_dict  # noqa: E402
 from training.pipeline import train_and_publish  # noqa: E402
 
 logger = logging.getLogger("demo")
@@ -107,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
     stage = time.monotonic()
     slice_ = held_out_slice(data["test"], args.slice_per_source)
-    history = dataset_dir / "history.sqlite"
+    history = (dataset_dir / "history.sqlite").resolve()  # the server runs in its own folder
     scorer = Scorer.load(result.version_dir, history_path=history)
-    with TritonServer(args.repository, env={"BULWARK_HISTORY_DB": str(history)}) as server:
+    with TritonServer(args.repository, env={HISTORY_ENV: str(history)}) as server:
         serving = score_slice(
             server, scorer, slice_, [("http", server.http_url), ("grpc", server.grpc_url)]
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from tqdm.auto import tqdm
 
 from detection.decision import Decision, DecisionPolicy, Verdict, decide
 from detection.encoding import encode_batch, load_tokenizer
@@ -64,15 +65,21 @@ class OnnxFusion:
         self.head_tokens = int(self.meta["head_tokens"])
 
     def probabilities(
-        self, texts: Sequence[str], signals: Sequence[Sequence[float]], batch_size: int = 16
+        self,
+        texts: Sequence[str],
+        signals: Sequence[Sequence[float]],
+        batch_size: int = 16,
+        progress: str | None = None,
     ) -> np.ndarray:
         """(len(texts), classes) probabilities, in input order.
 
         Texts are run in batches of similar length, so little of each batch is padding.
+        `progress` names a progress bar to show (none by default).
         """
         result = np.zeros((len(texts), len(CLASS_NAMES)), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=progress, disable=progress is None, unit="batch"):
             rows = order[start : start + batch_size]
             result[rows] = self._run([texts[i] for i in rows], [signals[i] for i in rows])
         return result

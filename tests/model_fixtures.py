@@ -10,11 +10,10 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from training.dataset import dataset_from_messages
-
 from detection.sources import RawMessage
 from tests.synthetic_mail import synthetic_corpus
 from training.config import PRESETS
+from training.dataset import dataset_from_messages
 from training.pipeline import PipelineConfig, train_and_publish
 
 

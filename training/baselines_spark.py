@@ -30,7 +30,8 @@ Run (the key is read from a file so it never appears in a process list):
 
     .venv/bin/python -m training.baselines_spark --input history.parquet --output out/ \\
         --key-file tenant.key [--master local[*]]
-    spark-submit training/baselines_spark.py --input ... --output ... --key-file ...
+    PATH=.venv/bin:$PATH spark-submit training/baselines_spark.py --input ... --output ... \
+        --key-file ...
 
 Writes Parquet folders `series/`, `correspondents/`, `variants/` and `signals/` under
 the output folder; `load_into(store, output)` loads the tables into an empty store.
@@ -62,6 +63,7 @@ from detection.baselines import (  # noqa: E402
     make_record,
     nearest_distance,
     probe_plan,
+    query_index,
     record_plan,
 )
 from detection.signals import BASELINE_SIGNALS, baseline_signals  # noqa: E402
@@ -154,9 +156,7 @@ def compute(
     planned = recorded.mapPartitions(plans)
     planned.cache()
     events = spark.createDataFrame(
-        planned.flatMap(
-            lambda p: [(e.key, e.ts, e.dn, e.dw, e.flag_key) for e in p[1].events]
-        ),
+        planned.flatMap(lambda p: [(e.key, e.ts, e.dn, e.dw, e.flag_key) for e in p[1].events]),
         "k binary, ts long, dn long, dw long, flag binary",
     )
     links = spark.createDataFrame(
@@ -203,7 +203,9 @@ def compute(
                 yield v, dom, pos, length, ts
 
     variants_rdd = corr_rows.mapPartitions(variant_rows)
-    variants = spark.createDataFrame(variants_rdd, "v binary, dom binary, pos string, len int, ts long")
+    variants = spark.createDataFrame(
+        variants_rdd, "v binary, dom binary, pos string, len int, ts long"
+    )
 
     # every lookup, answered as of its time: probes sort before series rows of equal ts
     def probes(partition):
@@ -271,9 +273,9 @@ def compute(
 def _distance(hits, config: BaselineConfig) -> int:
     hits = list(hits)
     length = hits[0][2]
-    query = list(dict.fromkeys((v, qpos) for v, qpos, _, _, _ in hits))
-    matches = [(v, pos, n) for v, _, _, pos, n in hits]
-    return nearest_distance(length, query, matches, config.lookalike_max_distance)
+    index = query_index(dict.fromkeys((v, qpos) for v, qpos, _, _, _ in hits))
+    matches = dict.fromkeys((v, pos, n) for v, _, _, pos, n in hits)
+    return nearest_distance(length, index, matches, config.lookalike_max_distance)
 
 
 def _signal_row(message_id, rec: MailRecord, answers, lookalike, config: BaselineConfig):
@@ -293,7 +295,7 @@ def load_into(store, output: str | Path) -> None:
 
     def rows(name: str):
         table = pq.read_table(Path(output) / name)
-        return zip(*(table.column(c).to_pylist() for c in table.column_names))
+        return zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True)
 
     store.load(rows("series"), rows("correspondents"), rows("variants"))
 

@@ -137,8 +137,9 @@ def evaluation_report(
     return report
 
 
-def tfidf_baseline_scores(train_texts, train_labels, eval_texts) -> np.ndarray:
-    """Attack probability from TF-IDF + logistic regression trained on the train split."""
+def tfidf_baseline_scores(train_texts, train_labels, eval_sets) -> list[np.ndarray]:
+    """Attack probabilities, one array per text list of `eval_sets`, from TF-IDF +
+    logistic regression fitted on the train texts."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -149,7 +150,7 @@ def tfidf_baseline_scores(train_texts, train_labels, eval_texts) -> np.ndarray:
     classifier = LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced")
     classifier.fit(features, np.asarray(train_labels))
     column = list(classifier.classes_).index(ATTACK)
-    return classifier.predict_proba(vectorizer.transform(eval_texts))[:, column]
+    return [classifier.predict_proba(vectorizer.transform(t))[:, column] for t in eval_sets]
 
 
 def write_report(reports: list[dict], output_dir: Path) -> None:

@@ -82,7 +82,9 @@ def train_and_publish(
     with _Timer(seconds, "evaluate"):
         model = OnnxFusion(staging)
         probabilities = {
-            split: model.probabilities(data[split]["text"], data[split]["signals"])
+            split: model.probabilities(
+                data[split]["text"], data[split]["signals"], progress=f"score {split}"
+            )
             for split in config.eval_splits
             if split in data and len(data[split])
         }
@@ -90,6 +92,7 @@ def train_and_publish(
         policy = choose_policy(
             probabilities["validation"], np.asarray(validation["label"]), config.operating_fpr
         )
+        baseline = _baseline_scores(data, list(probabilities)) if config.baseline else {}
         reports = [
             evaluation_report(
                 split,
@@ -97,7 +100,7 @@ def train_and_publish(
                 data[split]["label"],
                 data[split]["source"],
                 policy,
-                _baseline(data, split) if config.baseline else None,
+                baseline.get(split),
             )
             for split, probs in probabilities.items()
         ]
@@ -109,6 +112,9 @@ def train_and_publish(
     return PipelineResult(version_dir, reports, seconds)
 
 
-def _baseline(data: DatasetDict, split: str) -> np.ndarray:
+def _baseline_scores(data: DatasetDict, splits: list[str]) -> dict[str, np.ndarray]:
+    """TF-IDF + logistic regression fitted once on the train split, scored on each split."""
     train_rows = data["train"]
-    return tfidf_baseline_scores(train_rows["text"], train_rows["label"], data[split]["text"])
+    texts = [data[split]["text"] for split in splits]
+    scores = tfidf_baseline_scores(train_rows["text"], train_rows["label"], texts)
+    return dict(zip(splits, scores, strict=True))

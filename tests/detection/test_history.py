@@ -1,7 +1,10 @@
 from datetime import datetime, timedelta, timezone
 
-from detection.history import SenderHistory
+import pytest
+
+from detection.history import SenderHistory, observe
 from detection.parsing import parse_message
+from detection.signals import raw_signals
 from tests.synthetic_mail import make_message
 
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
@@ -50,3 +53,106 @@ def test_identities_are_stored_as_hashes_not_addresses(tmp_path):
     history.record("org", _parsed(), T0)
     history.close()
     assert b"alice@example.com" not in path.read_bytes()
+
+
+# the baseline store behind SenderHistory: time, safety, privacy, transactions
+
+ATTACKER = "Payroll Desk <payroll@example.net>"
+
+
+def test_mail_recorded_after_the_message_time_is_invisible():
+    history = SenderHistory()
+    message = _parsed()
+    history.record("org", message, T0 + timedelta(days=1))
+    assert history.facts_before("org", message, T0).messages_before == 0
+    assert history.facts_before("org", message, T0 + timedelta(days=1)).messages_before == 0
+
+
+def test_flagged_mail_never_makes_the_attacker_known():
+    history = SenderHistory()
+    for day in range(5):
+        attack = _parsed(ATTACKER)
+        when = T0 + timedelta(days=day)
+        facts = history.facts_before("org", attack, when)
+        assert facts.messages_before == 0 and facts.domain_messages_before == 0
+        assert not observe(history, "org", attack, when, verdict="attack")
+    facts = history.facts_before("org", _parsed(ATTACKER), T0 + timedelta(days=9))
+    signals = raw_signals(_parsed(ATTACKER), facts)
+    assert signals["first_time_sender"] == 1
+    assert signals["sender_message_count"] == 0
+    assert signals["recipient_safe_messages"] == 0
+
+
+def test_safe_verdict_is_recorded_by_observe():
+    history = SenderHistory()
+    assert observe(history, "org", _parsed(), T0, verdict="safe")
+    assert history.facts_before("org", _parsed(), T0 + timedelta(hours=1)).messages_before == 1
+
+
+def test_reply_to_the_organisations_own_message_is_recognised():
+    history = SenderHistory()
+    sent = parse_message(
+        make_message("Quote", "Please send a quote.", sender="Bob Example <bob@example.org>")
+    )
+    history.record_outbound("org", sent, T0)
+    reply = parse_message(
+        make_message(
+            "Re: Quote", "Attached.", when=T0 + timedelta(days=1),
+            extra_headers=f"In-Reply-To: {sent.message_id}\r\n",
+        )
+    )  # fmt: skip
+    facts = history.facts_before("org", reply, T0 + timedelta(days=1))
+    assert raw_signals(reply, facts)["reply_to_org_thread"] == 1
+    assert raw_signals(reply, facts)["reply_to_unknown_thread"] == 0
+    before = history.facts_before("org", reply, T0)
+    assert raw_signals(reply, before)["reply_to_org_thread"] == 0
+
+
+def test_no_identity_is_stored_in_clear(tmp_path):
+    path = tmp_path / "history.sqlite"
+    history = SenderHistory(str(path))
+    inbound = parse_message(
+        make_message("Hi", "body", extra_headers="Cc: Dee Example <dee@example.net>\r\n")
+    )
+    outbound = parse_message(make_message("Re", "ok", sender="Bob Example <bob@example.org>"))
+    history.record("org-secret", inbound, T0)
+    history.record_outbound("org-secret", outbound, T0 + timedelta(hours=1))
+    history.close()
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir()).lower()
+    for clear in (
+        b"alice@example.com",
+        b"dee@example.net",
+        b"bob@example.org",
+        b"example.com",
+        b"example.net",
+        b"alice example",
+        b"org-secret",
+        inbound.message_id[1:-1].encode(),
+    ):
+        assert clear not in stored, clear
+
+
+def test_store_written_with_another_key_is_rejected(tmp_path):
+    path = str(tmp_path / "history.sqlite")
+    SenderHistory(path, key=b"one-key-of-sixteen-bytes").close()
+    with pytest.raises(ValueError, match="written with another key"):
+        SenderHistory(path, key=b"another-key-of-sixteen")
+
+
+def test_key_shorter_than_sixteen_bytes_is_rejected():
+    with pytest.raises(ValueError, match="baseline key must be 16 to 64 bytes, got 5"):
+        SenderHistory(key=b"short")
+
+
+def test_without_autocommit_records_are_visible_to_others_only_after_commit(tmp_path):
+    path = str(tmp_path / "history.sqlite")
+    writer = SenderHistory(path, autocommit=False)
+    reader = SenderHistory(path)
+    writer.record("org", _parsed(), T0)
+    later = T0 + timedelta(days=1)
+    assert writer.facts_before("org", _parsed(), later).messages_before == 1
+    assert reader.facts_before("org", _parsed(), later).messages_before == 0
+    writer.commit()
+    assert reader.facts_before("org", _parsed(), later).messages_before == 1
+    writer.close()
+    reader.close()

@@ -8,6 +8,8 @@ field must equal `Scorer.score`'s for the same messages; scores within 1e-4.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -17,6 +19,10 @@ from detection.tensors import ORG_ID, PROBABILITIES, RAW_MESSAGE
 from serving.client import BulwarkClient
 from serving.pbtxt import render_config
 from tests.synthetic_mail import synthetic_corpus
+from training.config import TrainConfig
+from training.dataset import dataset_from_messages
+from training.export import export_model
+from training.train import train
 
 pytestmark = pytest.mark.server
 
@@ -33,13 +39,6 @@ def corpus(n: int, seed: int) -> list[tuple[RawMessage, str]]:
 
 @pytest.fixture(scope="module")
 def version_dir(tmp_path_factory):
-    # imported here: these are the lead's modules, and this module must still collect
-    from training.dataset import dataset_from_messages
-
-    from training.config import TrainConfig
-    from training.export import export_model
-    from training.train import train
-
     root = tmp_path_factory.mktemp("end-to-end")
     config = TrainConfig(
         encoder="tiny-random",
@@ -122,3 +121,25 @@ def test_server_probabilities_equal_in_process_ones(server, version_dir, message
     served = result.as_numpy(PROBABILITIES.name)
     assert served.shape == (1, 3)
     np.testing.assert_allclose(served[0], decision.probabilities, atol=SCORE_TOLERANCE)
+
+
+def test_cli_scores_the_same_in_process_and_through_the_server(server, version_dir, tmp_path):
+    from serving.cli import main
+
+    folder = tmp_path / "mail"
+    folder.mkdir()
+    for message, _ in corpus(5, seed=7):
+        (folder / f"{message.index}.eml").write_bytes(message.data)
+    local, served = tmp_path / "local.jsonl", tmp_path / "served.jsonl"
+
+    main(["score", str(folder), "--model", str(version_dir), "--org", ORG, "--output", str(local)])
+    main(["score", str(folder), "--server", server.grpc_url, "--org", ORG, "--output", str(served)])
+
+    local_lines = [json.loads(line) for line in local.read_text().splitlines()]
+    served_lines = [json.loads(line) for line in served.read_text().splitlines()]
+    assert len(local_lines) == len(served_lines) == 5
+    for a, b in zip(local_lines, served_lines, strict=True):
+        assert {k: v for k, v in a.items() if k != "score"} == {
+            k: v for k, v in b.items() if k != "score"
+        }
+        assert a["score"] == pytest.approx(b["score"], abs=SCORE_TOLERANCE)
