@@ -1,9 +1,10 @@
 """One message to the model's inputs, the same way on every path.
 
-Contract: `extract_features(data, kind, org, history, learn_label)` sanitizes the raw
-bytes (rfc822 only), parses them, reads the sender's history as it stood strictly
-before the message, and returns the model text, the normalised signal vector and
-the raw signal values. Training, the in-process scorer, the Triton model and batch
+Contract: `extract_features(data, kind, org, history, when, directory)` sanitizes the
+raw bytes (rfc822 only), parses them, reads the sender's history as it stood strictly
+before the message, runs the detectors against the organisation's directory, and
+returns the model text, the normalised signal vector, the raw signal values and the
+detectors' hits. Training, the in-process scorer, the Triton model and batch
 rescoring all call it, so a message gets the same inputs everywhere.
 """
 
@@ -12,10 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from detection.detectors import DetectorContext, Hit, run_detectors
+from detection.directory import Directory
 from detection.history import SenderHistory
 from detection.parsing import ParsedMessage, parse_raw
 from detection.sanitize import sanitize
-from detection.signals import REGISTRY, raw_signals
+from detection.signals import REGISTRY, SenderFacts, raw_signals
+
+EMPTY_DIRECTORY = Directory()
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,8 @@ class Features:
     signals: list[float]  # normalised, in REGISTRY order
     raw: dict[str, float]  # unscaled values by name, for reasons
     when: datetime | None
+    facts: SenderFacts
+    hits: list[Hit]  # detector hits, strongest first
 
 
 def model_text(parsed: ParsedMessage) -> str:
@@ -40,11 +47,17 @@ def parse_for_model(data: bytes, kind: str = "rfc822") -> ParsedMessage:
 
 
 def extract_features(
-    data: bytes, kind: str, org: str, history: SenderHistory, when: datetime | None = None
+    data: bytes,
+    kind: str,
+    org: str,
+    history: SenderHistory,
+    when: datetime | None = None,
+    directory: Directory = EMPTY_DIRECTORY,
 ) -> Features:
     parsed = parse_for_model(data, kind)
     when = when or parsed.date
     facts = history.facts_before(org, parsed, when)
     raw = raw_signals(parsed, facts)
     signals = [s.normalise(raw[s.name]) for s in REGISTRY]
-    return Features(parsed, model_text(parsed), signals, raw, when)
+    hits = run_detectors(parsed, directory, DetectorContext.from_sender_facts(facts))
+    return Features(parsed, model_text(parsed), signals, raw, when, facts, hits)

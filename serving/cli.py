@@ -40,10 +40,12 @@ def _chunks(messages: Iterable[RawMessage], size: int) -> Iterator[list[RawMessa
         yield chunk
 
 
-def score_in_process(messages, model_dir: Path, org: str, history: str | None) -> Iterator[Verdict]:
+def score_in_process(
+    messages, model_dir: Path, org: str, history: str | None, directory: str | None
+) -> Iterator[Verdict]:
     from serving.scorer import Scorer
 
-    scorer = Scorer.load(model_dir, history_path=history)
+    scorer = Scorer.load(model_dir, history_path=history, directory_path=directory)
     for chunk in _chunks(messages, 32):
         yield from scorer.score(chunk, org=org)
 
@@ -63,7 +65,9 @@ def run_score(args: argparse.Namespace) -> int:
         from training.export import latest_version_dir
 
         model_dir = args.model or latest_version_dir(DEFAULT_REPOSITORY)
-        verdicts = score_in_process(messages, Path(model_dir), args.org, args.history)
+        verdicts = score_in_process(
+            messages, Path(model_dir), args.org, args.history, args.directory
+        )
 
     counts = {"read": 0, "scored": 0, "failed": 0}
     status = 0
@@ -94,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--output", type=Path, help="JSON lines file (default: stdout)")
     score.add_argument("--org", default="default", help="the receiving organisation's id")
     score.add_argument("--history", help="SQLite sender-history file to read")
+    score.add_argument("--directory", help="the organisation's directory file (JSON or TOML)")
     score.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     score.add_argument("--text-records", action="store_true", help="files are Subject+body records")
     score.set_defaults(run=run_score)

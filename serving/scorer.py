@@ -23,8 +23,9 @@ import onnxruntime as ort
 from tqdm.auto import tqdm
 
 from detection.decision import Decision, DecisionPolicy, Verdict, decide
+from detection.directory import Directory, load_directory
 from detection.encoding import encode_batch, load_tokenizer
-from detection.features import Features, extract_features
+from detection.features import EMPTY_DIRECTORY, Features, extract_features
 from detection.history import SenderHistory
 from detection.signals import SIGNAL_NAMES
 from detection.sources import RawMessage
@@ -33,8 +34,9 @@ from detection.tensors import ATTENTION_MASK, CLASS_NAMES, INPUT_IDS, PROBABILIT
 logger = logging.getLogger(__name__)
 
 KINDS = ("rfc822", "text")
-# the Triton model reads the sender-history file's path from this variable
+# the Triton model reads the sender-history and directory files' paths from these
 HISTORY_ENV = "BULWARK_HISTORY_DB"
+DIRECTORY_ENV = "BULWARK_DIRECTORY"
 
 
 @dataclass(frozen=True)
@@ -96,23 +98,40 @@ class OnnxFusion:
 
 
 class Scorer:
-    def __init__(self, model: OnnxFusion, policy: DecisionPolicy, history: SenderHistory):
+    def __init__(
+        self,
+        model: OnnxFusion,
+        policy: DecisionPolicy,
+        history: SenderHistory,
+        directory: Directory = EMPTY_DIRECTORY,
+    ):
         self.model = model
         self.policy = policy
         self.history = history
+        self.directory = directory
 
     @classmethod
     def load(
-        cls, version_dir: str | Path, history_path: str | Path | None = None, threads: int = 0
+        cls,
+        version_dir: str | Path,
+        history_path: str | Path | None = None,
+        threads: int = 0,
+        directory_path: str | Path | None = None,
     ) -> Scorer:
+        """A scorer for one exported version, reading the history and directory files
+        given (an empty history and an empty directory when none)."""
         version_dir = Path(version_dir)
         model = OnnxFusion(version_dir, threads)
         policy = DecisionPolicy(**model.meta.get("policy", {}))
         history = SenderHistory(str(history_path) if history_path else ":memory:")
+        directory = load_directory(directory_path) if directory_path else EMPTY_DIRECTORY
         logger.info(
-            "loaded model %s (history: %s)", version_dir, "file" if history_path else "empty"
+            "loaded model %s (history: %s, directory: %s)",
+            version_dir,
+            "file" if history_path else "empty",
+            "file" if directory_path else "empty",
         )
-        return cls(model, policy, history)
+        return cls(model, policy, history, directory)
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[Decision | Exception]:
         results: list[Decision | Exception | None] = [None] * len(items)
@@ -121,7 +140,10 @@ class Scorer:
             try:
                 if item.kind not in KINDS:
                     raise ValueError(f"message kind must be one of {KINDS}, got {item.kind!r}")
-                features.append((i, extract_features(item.data, item.kind, item.org, self.history)))
+                found = extract_features(
+                    item.data, item.kind, item.org, self.history, directory=self.directory
+                )
+                features.append((i, found))
             except Exception as error:  # noqa: BLE001 - one bad message fails alone
                 results[i] = error
         if features:
@@ -129,7 +151,7 @@ class Scorer:
                 [f.text for _, f in features], [f.signals for _, f in features]
             )
             for (i, f), p in zip(features, probs, strict=True):
-                results[i] = decide([float(v) for v in p], f.raw, self.policy)
+                results[i] = decide([float(v) for v in p], f.raw, f.hits, self.policy)
         return results  # type: ignore[return-value]
 
     def score(

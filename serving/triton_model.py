@@ -60,7 +60,7 @@ from detection.tensors import (  # noqa: E402
     SERVED_OUTPUTS,
     VERDICT,
 )
-from serving.scorer import HISTORY_ENV, KINDS, ScoreItem, Scorer  # noqa: E402
+from serving.scorer import DIRECTORY_ENV, HISTORY_ENV, KINDS, ScoreItem, Scorer  # noqa: E402
 
 DEFAULT_KIND = "rfc822"
 
@@ -84,7 +84,11 @@ class TritonPythonModel:
 
     def load_scorer(self, version_dir: Path) -> Scorer:
         """The scorer for one exported version; tests override this with a fake."""
-        return Scorer.load(version_dir, history_path=os.environ.get(HISTORY_ENV) or None)
+        return Scorer.load(
+            version_dir,
+            history_path=os.environ.get(HISTORY_ENV) or None,
+            directory_path=os.environ.get(DIRECTORY_ENV) or None,
+        )
 
     def _check_config(self) -> None:
         """config.pbtxt is the contract: fail the load when it and detection/tensors.py differ."""

@@ -64,7 +64,8 @@ from pathlib import Path
 import datasets
 from tqdm.auto import tqdm
 
-from detection.features import model_text, parse_for_model
+from detection.detectors import DetectorContext, Hit, run_detectors
+from detection.features import EMPTY_DIRECTORY, model_text, parse_for_model
 from detection.history import SenderHistory
 from detection.parsing import ParsedMessage
 from detection.signals import SIGNAL_NAMES, signal_vector
@@ -93,6 +94,8 @@ FEATURES = datasets.Features(
         "label": datasets.Value("int64"),
         "text": datasets.Value("string"),
         "signals": datasets.Sequence(datasets.Value("float32")),
+        "hit_categories": datasets.Sequence(datasets.Value("string")),
+        "hit_scores": datasets.Sequence(datasets.Value("float32")),
         "date": datasets.Value("string"),
         "split": datasets.Value("string"),
         "raw": datasets.Value("binary"),
@@ -224,6 +227,7 @@ class _Record:
     body_key: str = ""
     date: datetime | None = None
     signals: list[float] = field(default_factory=list)
+    hits: list[Hit] = field(default_factory=list)
     split: str = ""
 
 
@@ -377,6 +381,8 @@ def _add_sender_signals(records: list[_Record], history: SenderHistory) -> None:
     for record in tqdm(ordered, desc="history", unit="msg", disable=None):
         facts = history.facts_before(record.org, record.parsed, record.date)
         record.signals = signal_vector(record.parsed, facts)
+        context = DetectorContext.from_sender_facts(facts)
+        record.hits = run_detectors(record.parsed, EMPTY_DIRECTORY, context)
         if record.label == "safe":
             history.record(record.org, record.parsed, record.date)
     history.commit()
@@ -414,6 +420,8 @@ def _to_dataset_dict(records: list[_Record]) -> datasets.DatasetDict:
         row["label"].append(LABEL_IDS[record.label])
         row["text"].append(record.text)
         row["signals"].append(record.signals)
+        row["hit_categories"].append([hit.category for hit in record.hits])
+        row["hit_scores"].append([hit.score for hit in record.hits])
         row["date"].append(record.date.isoformat())
         row["split"].append(record.split)
         row["raw"].append(record.message.data)

@@ -89,8 +89,12 @@ def train_and_publish(
             if split in data and len(data[split])
         }
         validation = data["validation"]
+        hits = {split: _hits(data[split]) for split in probabilities}
         policy = choose_policy(
-            probabilities["validation"], np.asarray(validation["label"]), config.operating_fpr
+            probabilities["validation"],
+            np.asarray(validation["label"]),
+            config.operating_fpr,
+            hits["validation"],
         )
         baseline = _baseline_scores(data, list(probabilities)) if config.baseline else {}
         reports = [
@@ -101,6 +105,7 @@ def train_and_publish(
                 data[split]["source"],
                 policy,
                 baseline.get(split),
+                hits[split],
             )
             for split, probs in probabilities.items()
         ]
@@ -110,6 +115,14 @@ def train_and_publish(
         extra = {"evaluation": reports, "operating_fpr": config.operating_fpr}
         version_dir = publish_version(staging, repository, policy, extra)
     return PipelineResult(version_dir, reports, seconds)
+
+
+def _hits(rows) -> list[list[tuple[str, float]]]:
+    """Each row's detector hits as (category, score) pairs."""
+    return [
+        list(zip(categories, scores, strict=True))
+        for categories, scores in zip(rows["hit_categories"], rows["hit_scores"], strict=True)
+    ]
 
 
 def _baseline_scores(data: DatasetDict, splits: list[str]) -> dict[str, np.ndarray]:

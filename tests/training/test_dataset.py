@@ -256,12 +256,15 @@ def test_columns_types_and_manifest_counts(built):
         "label",
         "text",
         "signals",
+        "hit_categories",
+        "hit_scores",
         "date",
         "split",
         "raw",
         "kind",
     }
     assert len(row["signals"]) == len(SIGNAL_NAMES)
+    assert len(row["hit_categories"]) == len(row["hit_scores"])
     assert isinstance(row["raw"], bytes)
     assert {split: len(rows) for split, rows in data.items()} == {
         split: sum(counts.values()) for split, counts in manifest["per_split"].items()
@@ -390,3 +393,18 @@ def test_builds_from_one_real_archive_quickly(tmp_path):
     assert 100 <= len(rows) <= 150
     assert {r["label"] for r in rows} == {CLASS_NAMES.index("attack")}
     assert all("username@domain.com" not in r["text"] for r in rows)
+
+
+def test_detector_hits_are_stored_beside_the_signals(tmp_path):
+    wire = make_message(
+        "Urgent wire transfer",
+        "Please send the wire transfer today to our new bank account details. Keep this "
+        "confidential.",
+        sender="Finance <finance@example.net>",
+    )
+    items = [(RawMessage("m#0", "synthetic", 0, wire), "attack")]
+    rows = _rows(dataset_from_messages(items, org="example"))
+
+    (row,) = rows
+    assert "payment_fraud" in row["hit_categories"]
+    assert all(0.0 < score <= 1.0 for score in row["hit_scores"])
