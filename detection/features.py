@@ -10,14 +10,14 @@ rescoring all call it, so a message gets the same inputs everywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from detection.detectors import DetectorContext, Hit, run_detectors
 from detection.directory import Directory
 from detection.history import SenderHistory
 from detection.parsing import ParsedMessage, parse_raw
-from detection.sanitize import sanitize
+from detection.sanitize import replace_recipients_in_text, sanitize_message
 from detection.signals import REGISTRY, SenderFacts, raw_signals
 
 EMPTY_DIRECTORY = Directory()
@@ -40,10 +40,29 @@ def model_text(parsed: ParsedMessage) -> str:
 
 
 def parse_for_model(data: bytes, kind: str = "rfc822") -> ParsedMessage:
-    """Sanitize (receiver-added headers, recipient addresses) and parse."""
-    if kind == "rfc822":
-        data = sanitize(data)
-    return parse_raw(data, kind)
+    """Sanitize (receiver-added headers, recipient addresses) and parse.
+
+    The recipient addresses sanitize found are replaced once more in the decoded text
+    (subject, visible and hidden text, URLs, header values), where encodings the raw
+    bytes hide (an RFC 2047 word, HTML entities, a charset) have been undone: that
+    text is what the model and the signals read.
+    """
+    if kind != "rfc822":
+        return parse_raw(data, kind)
+    data, recipients = sanitize_message(data)
+    parsed = parse_raw(data, kind)
+
+    def clean(text: str) -> str:
+        return replace_recipients_in_text(text, recipients)
+
+    return replace(
+        parsed,
+        subject=clean(parsed.subject),
+        visible_text=clean(parsed.visible_text),
+        hidden_text=clean(parsed.hidden_text),
+        urls=tuple(replace(u, raw=clean(u.raw), text=clean(u.text)) for u in parsed.urls),
+        raw_headers=tuple((name, clean(value)) for name, value in parsed.raw_headers),
+    )
 
 
 def extract_features(

@@ -7,20 +7,34 @@ decides what a mail client would show.
 An element is hidden when its inline style, its `hidden` attribute or a simple rule
 in a `<style>` block (`.cls`, `#id`, `tag`, `tag.cls`; rules inside `@media` are
 conditional and ignored) gives it `display:none`, `visibility:hidden`, a font size
-of 1px or less, zero opacity, zero width or height with `overflow:hidden`, an
-off-screen position, a transparent colour, or a text colour that matches the nearest
-known background (default white). Hidden text goes to `hidden`, never to `visible`.
+of 1px or less (0.1em, 10%), zero opacity, a scale of zero, a clip to nothing, a
+width or height of 1px or less with `overflow:hidden`, an off-screen position, a
+transparent colour, or a text colour that matches its background. CSS comments are
+removed before any of this is read. Hidden text goes to `hidden`, never to `visible`.
 Inline elements join their neighbours without a space, as a browser renders them,
 so `ver<span style="font-size:0">x</span>ify` reads `verify`.
+
+Colour camouflage is only called when it is certain: the text colour must be set
+explicitly (inline, a `<font color>`, a simple `<style>` rule, or a link's blue), and
+the background is that of the nearest element that paints one (inline, `bgcolor` or a
+simple rule), or the page's white when nothing does. A `<style>` rule this module
+cannot match to elements (`div p`, `*`, `:root`) that sets a colour or a background
+makes that property unknown wherever an element does not set it itself, so a
+stylesheet's dark page never moves the body's light text to `hidden`.
 """
 
 from __future__ import annotations
 
+import colorsys
 import logging
+import math
 import re
 from dataclasses import dataclass
 
+import webcolors
 from lxml import etree
+
+from detection.urls import MAX_ANCHOR_CHARS
 
 logger = logging.getLogger(__name__)
 
@@ -43,21 +57,21 @@ _MAX_RULES = 500
 
 _TAG = re.compile(r"<[^<>]*>")
 _NOT_TEXT_BLOCK = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_NUMBER = re.compile(r"(-?[\d.]+)\s*([a-z%]*)")
-_CSS_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
+_NUMBER = re.compile(r"([-+]?[\d.]+)\s*([a-z%]*)")
+_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|\Z)", re.DOTALL)  # an unclosed one runs to the end
 _CSS_AT_RULE = re.compile(r"@[\w-]+[^{;]*([{;])")
 _CSS_BRACE = re.compile(r"[{}]")
 _SIMPLE_SELECTOR = re.compile(r"([a-z][a-z0-9]*)?((?:[.#][\w-]+)*)", re.IGNORECASE)
-_HEX_COLOR = re.compile(r"#([0-9a-f]{3}|[0-9a-f]{6})\b", re.IGNORECASE)
-_RGB_COLOR = re.compile(
-    r"rgba?\(\s*([\d.]+)%?\s*,\s*([\d.]+)%?\s*,\s*([\d.]+)%?\s*(?:,\s*([\d.]+))?"
-)
-_NAMED_COLORS = {
-    "white": (255, 255, 255), "black": (0, 0, 0), "red": (255, 0, 0), "green": (0, 128, 0),
-    "blue": (0, 0, 255), "yellow": (255, 255, 0), "gray": (128, 128, 128),
-    "grey": (128, 128, 128), "silver": (192, 192, 192), "navy": (0, 0, 128),
-    "snow": (255, 250, 250), "ivory": (255, 255, 240), "whitesmoke": (245, 245, 245),
-}  # fmt: skip
+_HEX_COLOR = re.compile(r"#([0-9a-f]{3,8})\b", re.IGNORECASE)
+_COLOR_FUNCTION = re.compile(r"\b(rgba?|hsla?)\(([^()]{0,200})\)")
+_COLOR_ARGUMENT = re.compile(r"[^\s,/]+")
+_HUE_UNITS = {"": 1 / 360, "deg": 1 / 360, "grad": 1 / 400, "rad": 1 / math.tau, "turn": 1.0}
+_CLIP_RECT = re.compile(r"rect\(([^()]*)\)")
+_CLIP_PATH_EMPTY = re.compile(r"inset\(\s*(?:50|100)%|circle\(\s*0|ellipse\(\s*0")
+_SCALE = re.compile(r"\bscale(x|y|3d)?\(([^()]*)\)")
+_KEEPS_PARENT = frozenset(("inherit", "currentcolor", "unset", "revert"))
+_NO_BACKGROUND = frozenset(("none", "initial", "unset", "revert"))
+_INTERACTIVE = re.compile(r":(?:hover|active|focus)")  # rules that apply only while used
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
 _LINK_BLUE = (0, 0, 238)
@@ -81,14 +95,22 @@ class _Rule:
     id_: str
 
 
+@dataclass(frozen=True)
+class _PaintRule:
+    rule: _Rule
+    color: str | None  # the declared `color`, if the rule sets one
+    background: str | None  # the declared background, if the rule sets one
+
+
 @dataclass
 class _State:
     hidden: bool = False
     skip: bool = False
-    color: tuple | str | None = _BLACK
-    background: tuple | None = _WHITE  # None: an image or unknown
+    color: tuple | str | None = _BLACK  # None: unknown
+    background: tuple | None = _WHITE  # None: an image, a blend or unknown
     link: int = -1  # index into links while inside an anchor
     camouflaged: bool = False  # this element's own text is drawn in its background colour
+    color_set: bool = False  # the colour was set explicitly, not the page default
 
 
 def html_to_views(html: str) -> HtmlViews:
@@ -137,16 +159,20 @@ def _parser() -> etree.HTMLParser:
 class _Walk:
     def __init__(self, root) -> None:
         self.root = root
-        self.rules = _hiding_rules(root)
+        sheet = _style_sheet(root)
+        rules, paint_rules, self.unknown_color, self.unknown_background = sheet
+        self.rules = _RuleIndex(rules, lambda rule: rule)
+        self.paint_rules = _RuleIndex(paint_rules, lambda paint: paint.rule)
         self.visible: list[str] = []
         self.hidden: list[str] = []
         self.links: list[tuple[str, list[str]]] = []
+        self.link_chars: list[int] = []  # anchor text kept so far, per link
         self.images = 0
         self.linked_images = 0
         self.last_hidden = False
 
     def views(self) -> HtmlViews:
-        stack = [_State()]
+        stack = [_State(background=None if self.unknown_background else _WHITE)]
         truncated = False
         elements = 0
         for event, element in etree.iterwalk(self.root, events=("start", "end")):
@@ -176,7 +202,14 @@ class _Walk:
         )
 
     def _enter(self, element, tag: str, parent: _State) -> _State:
-        state = _State(parent.hidden, parent.skip, parent.color, parent.background, parent.link)
+        state = _State(
+            parent.hidden,
+            parent.skip,
+            None if self.unknown_color else parent.color,
+            None if self.unknown_background else parent.background,
+            parent.link,
+            color_set=parent.color_set and not self.unknown_color,
+        )
         if tag in _BLOCK:
             self._emit(" ", parent)
         if tag in _NOT_TEXT:
@@ -193,6 +226,7 @@ class _Walk:
         attribute = _LINK_TAGS.get(tag)
         if attribute and element.get(attribute):
             self.links.append((element.get(attribute), []))
+            self.link_chars.append(0)
             state.link = len(self.links) - 1
         if tag == "img" and not state.hidden and not _is_pixel(element, declarations):
             self.images += 1
@@ -200,24 +234,49 @@ class _Walk:
         return state
 
     def _paint(self, element, tag: str, declarations: dict[str, str], state: _State) -> None:
-        """Update the text colour and background the element's text is drawn with."""
+        """Update the text colour and background the element's text is drawn with:
+        the browser's link blue, then simple `<style>` rules, then attributes and the
+        inline style (each later one wins)."""
         if tag == "a":
-            state.color = _LINK_BLUE
-        color = declarations.get("color") or (element.get("color") if tag == "font" else None)
-        if color:
-            state.color = _color(color)
-        background = declarations.get("background-color") or declarations.get("background")
-        if "background-image" in declarations or element.get("background"):
-            state.background = None
+            state.color, state.color_set = _LINK_BLUE, True
+        color, background = self._sheet_paint(element, tag)
+        if tag == "font" and element.get("color"):
+            color = element.get("color")
+        if element.get("bgcolor"):
+            background = element.get("bgcolor")
+        if element.get("background"):
+            background = "url()"
+        color = declarations.get("color", color)
+        background = _inline_background(declarations, background)
+
+        if color and color not in _KEEPS_PARENT:
+            state.color, state.color_set = _color(color), True
         if background:
-            state.background = None if "url(" in background else _color(background)
-        elif element.get("bgcolor"):
-            state.background = _color(element.get("bgcolor"))
+            painted = _background(background)
+            if painted != _TRANSPARENT:  # a transparent background shows its parent's
+                state.background = painted
+
+    def _sheet_paint(self, element, tag: str) -> tuple[str | None, str | None]:
+        """The colour and background simple `<style>` rules give this element; "unknown"
+        where two matching rules disagree."""
+        colors = set()
+        backgrounds = set()
+        for paint in self.paint_rules.matching(element, tag):
+            if _matches(paint.rule, element, tag):
+                if paint.color is not None:
+                    colors.add(paint.color)
+                if paint.background is not None:
+                    backgrounds.add(paint.background)
+        color = colors.pop() if len(colors) == 1 else ("unknown" if colors else None)
+        background = (
+            backgrounds.pop() if len(backgrounds) == 1 else ("url()" if backgrounds else None)
+        )
+        return color, background
 
     def _hides(self, element, tag: str, declarations: dict[str, str]) -> bool:
         if element.get("hidden") is not None or _hides(declarations):
             return True
-        return any(_matches(rule, element, tag) for rule in self.rules)
+        return any(_matches(rule, element, tag) for rule in self.rules.matching(element, tag))
 
     def _emit(self, text: str, state: _State) -> None:
         if state.skip:
@@ -230,12 +289,16 @@ class _Walk:
             return
         self.last_hidden = False
         self.visible.append(text)
-        if state.link >= 0:
-            self.links[state.link][1].append(text)
+        if state.link >= 0 and self.link_chars[state.link] < MAX_ANCHOR_CHARS:
+            self.links[state.link][1].append(text[:MAX_ANCHOR_CHARS])
+            self.link_chars[state.link] += len(text)
 
 
 def _camouflaged(state: _State) -> bool:
-    """Text drawn in a transparent colour or in (nearly) its background colour."""
+    """Text explicitly drawn in a transparent colour or in (nearly) its known
+    background colour."""
+    if not state.color_set:
+        return False
     if state.color == _TRANSPARENT:
         return True
     if isinstance(state.color, tuple) and isinstance(state.background, tuple):
@@ -245,11 +308,30 @@ def _camouflaged(state: _State) -> bool:
 
 def _declarations(style: str) -> dict[str, str]:
     found = {}
-    for declaration in style[:4000].split(";"):
+    for declaration in _CSS_COMMENT.sub("", style[:4000]).split(";"):
         name, _, value = declaration.partition(":")
         if value:
             found[name.strip().lower()] = value.replace("!important", "").strip().lower()
     return found
+
+
+def _inline_background(declarations: dict[str, str], background: str | None) -> str | None:
+    """The background an inline style paints, else `background` as it was."""
+    if "background-image" in declarations and declarations["background-image"] != "none":
+        return "url()"
+    return declarations.get("background-color") or declarations.get("background") or background
+
+
+def _background(value: str) -> tuple | str | None:
+    """A background declaration's colour; None for an image, a gradient or a blend."""
+    if "url(" in value or "gradient(" in value:
+        return None
+    rgba = _rgba(value)
+    if rgba == _TRANSPARENT or (rgba is None and value.strip() in _NO_BACKGROUND):
+        return _TRANSPARENT
+    if rgba is None or rgba[3] < 0.95:
+        return None
+    return rgba[:3]
 
 
 def _length(value: str) -> tuple[float, str] | None:
@@ -264,21 +346,27 @@ def _length(value: str) -> tuple[float, str] | None:
 
 def _hides(declarations: dict[str, str]) -> bool:
     """Whether these CSS declarations make an element's text unreadable."""
+    if not declarations:
+        return False
     if declarations.get("display") == "none":
         return True
     if declarations.get("visibility") in ("hidden", "collapse"):
         return True
-    size = _length(declarations.get("font-size", ""))
-    if size is not None and (size[0] <= 0 or (size[1] in ("px", "pt") and size[0] <= 1)):
+    size = _length(declarations.get("font-size", "")) or _font_shorthand_size(
+        declarations.get("font", "")
+    )
+    if size is not None and _tiny(size, relative=True):
         return True
     opacity = _length(declarations.get("opacity", ""))
-    if opacity is not None and opacity[0] <= 0.05:
+    if opacity is not None and opacity[0] <= (5 if opacity[1] == "%" else 0.05):
         return True
-    if declarations.get("overflow") == "hidden":
+    if declarations.get("overflow") in ("hidden", "clip"):
         for name in ("height", "max-height", "width", "max-width"):
             extent = _length(declarations.get(name, ""))
-            if extent is not None and extent[0] <= 0:
+            if extent is not None and _tiny(extent, relative=False):
                 return True
+    if _clipped_away(declarations) or _scaled_away(declarations):
+        return True
     for name in ("text-indent", "left", "top", "margin-left"):
         offset = _length(declarations.get(name, ""))
         if offset is not None and offset[0] <= -500:
@@ -286,23 +374,125 @@ def _hides(declarations: dict[str, str]) -> bool:
     return False
 
 
+def _tiny(length: tuple[float, str], relative: bool) -> bool:
+    """A CSS length of zero or at most 1px; with `relative`, also a font size of at
+    most a tenth of its parent's (0.1em, 0.1rem, 10%)."""
+    number, unit = length
+    if number <= 0:
+        return True
+    if unit in ("px", "pt"):
+        return number <= 1
+    if relative and unit in ("em", "rem", "ex", "ch"):
+        return number <= 0.1
+    return relative and unit == "%" and number <= 10
+
+
+def _font_shorthand_size(value: str) -> tuple[float, str] | None:
+    """The size in a `font` shorthand (`font: 0/0 a`, `bold 1px Arial`), if any."""
+    for token in value.split():
+        size = _length(token.partition("/")[0])
+        if size is not None and (size[1] or size[0] == 0) and not token[:1].isalpha():
+            return size
+    return None
+
+
+def _clipped_away(declarations: dict[str, str]) -> bool:
+    """`clip: rect(0,0,0,0)` (any rect of 1px or less) on a positioned element, or a
+    clip-path that leaves nothing."""
+    rect = _CLIP_RECT.search(declarations.get("clip", ""))
+    if rect and declarations.get("position") in ("absolute", "fixed"):
+        edges = [_length(edge) for edge in re.split(r"[\s,]+", rect.group(1).strip())]
+        if len(edges) == 4 and all(edge is not None for edge in edges):
+            top, right, bottom, left = (edge[0] for edge in edges)
+            if bottom - top <= 1 or right - left <= 1:
+                return True
+    return bool(_CLIP_PATH_EMPTY.search(declarations.get("clip-path", "")))
+
+
+def _scaled_away(declarations: dict[str, str]) -> bool:
+    """A transform or `scale`/`zoom` that shrinks the element to nothing on an axis."""
+    for match in _SCALE.finditer(declarations.get("transform", "")):
+        factors = [_length(part) for part in re.split(r"[\s,]+", match.group(2).strip())]
+        if match.group(1) in ("x", "y"):
+            factors = factors[:1]
+        elif match.group(1) == "3d":
+            factors = factors[:2]
+        if any(factor is not None and abs(factor[0]) <= 0.01 for factor in factors[:2]):
+            return True
+    for name in ("scale", "zoom"):
+        factor = _length(declarations.get(name, ""))
+        if factor is not None and factor[0] <= (1 if factor[1] == "%" else 0.01):
+            return True
+    return False
+
+
 def _color(value: str) -> tuple | str | None:
+    """A text colour as (r, g, b), _TRANSPARENT, or None when it is not known."""
+    rgba = _rgba(value)
+    if rgba is None or rgba == _TRANSPARENT:
+        return rgba
+    return rgba[:3]
+
+
+def _rgba(value: str) -> tuple | str | None:
+    """A CSS colour (hex of 3, 4, 6 or 8 digits, rgb()/rgba()/hsl()/hsla() in comma or
+    space syntax, or a CSS named colour) as (r, g, b, alpha); _TRANSPARENT when the
+    alpha is at most 0.05; None when it is not a colour read here."""
     value = value.strip().lower()
     if value.startswith(_TRANSPARENT):
         return _TRANSPARENT
     match = _HEX_COLOR.search(value)
-    if match:
-        digits = match.group(1)
-        if len(digits) == 3:
-            digits = "".join(c * 2 for c in digits)
-        return tuple(int(digits[i : i + 2], 16) for i in (0, 2, 4))
-    match = _RGB_COLOR.search(value)
-    if match:
-        if match.group(4) is not None and float(match.group(4)) <= 0.05:
-            return _TRANSPARENT
-        return tuple(min(255, int(float(match.group(i)))) for i in (1, 2, 3))
+    if match and len(match.group(1)) in (3, 4, 6, 8):
+        rgba = _hex(match.group(1))
+    else:
+        match = _COLOR_FUNCTION.search(value)
+        rgba = _function_color(match.group(1), match.group(2)) if match else _named(value)
+    if rgba is not None and rgba[3] <= 0.05:
+        return _TRANSPARENT
+    return rgba
+
+
+def _hex(digits: str) -> tuple:
+    if len(digits) <= 4:
+        digits = "".join(c * 2 for c in digits)
+    channels = [int(digits[i : i + 2], 16) for i in range(0, len(digits), 2)]
+    alpha = channels[3] / 255 if len(channels) == 4 else 1.0
+    return (*channels[:3], alpha)
+
+
+def _function_color(name: str, arguments: str) -> tuple | None:
+    """rgb()/hsl() and their alpha forms; None when an argument does not read."""
+    parts = _COLOR_ARGUMENT.findall(arguments)
+    if len(parts) not in (3, 4):
+        return None
+    values = [_length(part) for part in parts]
+    if any(value is None for value in values):
+        return None
+    alpha = 1.0
+    if len(values) == 4:
+        number, unit = values[3]
+        alpha = number / 100 if unit == "%" else number
+    if name.startswith("rgb"):
+        channels = [n * 2.55 if unit == "%" else n for n, unit in values[:3]]
+    else:
+        (hue, hue_unit), (saturation, _), (lightness, _) = values[:3]
+        if hue_unit not in _HUE_UNITS:
+            return None
+        red, green, blue = colorsys.hls_to_rgb(
+            (hue * _HUE_UNITS[hue_unit]) % 1.0,
+            min(max(lightness / 100, 0.0), 1.0),
+            min(max(saturation / 100, 0.0), 1.0),
+        )
+        channels = [red * 255, green * 255, blue * 255]
+    return (*(min(255, max(0, round(c))) for c in channels), min(max(alpha, 0.0), 1.0))
+
+
+def _named(value: str) -> tuple | None:
     first = value.split()[0] if value.split() else ""
-    return _NAMED_COLORS.get(first)
+    try:
+        return (*webcolors.name_to_rgb(first), 1.0)
+    except ValueError:
+        return None
 
 
 def _is_pixel(element, declarations: dict[str, str]) -> bool:
@@ -314,23 +504,40 @@ def _is_pixel(element, declarations: dict[str, str]) -> bool:
     return False
 
 
-def _hiding_rules(root) -> tuple[_Rule, ...]:
+def _style_sheet(root) -> tuple[tuple[_Rule, ...], tuple[_PaintRule, ...], bool, bool]:
+    """From the document's `<style>` blocks: the simple rules that hide, the simple
+    rules that set a colour or background, and whether a rule this module cannot
+    match sets a colour (then a background) somewhere."""
     css = "".join(style.text or "" for style in root.iter("style"))[:_MAX_CSS_CHARS]
     if not css:
-        return ()
+        return (), (), False, False
     css = _strip_at_rules(_CSS_COMMENT.sub("", css))
-    rules = []
+    rules: list[_Rule] = []
+    paints: list[_PaintRule] = []
+    unknown_color = unknown_background = False
     for chunk in css.split("}"):
         selectors, brace, body = chunk.partition("{")
-        if len(rules) >= _MAX_RULES:
+        if len(rules) + len(paints) >= _MAX_RULES:
             break
-        if not brace or not _hides(_declarations(body)):
+        if not brace:
             continue
+        declarations = _declarations(body)
+        hides = _hides(declarations)
+        color = declarations.get("color")
+        background = _inline_background(declarations, None)
         for selector in selectors.split(","):
+            if _INTERACTIVE.search(selector):
+                continue
             rule = _rule(selector.strip())
-            if rule is not None:
+            if rule is None:
+                unknown_color = unknown_color or color is not None
+                unknown_background = unknown_background or background is not None
+                continue
+            if hides:
                 rules.append(rule)
-    return tuple(rules)
+            if color is not None or background is not None:
+                paints.append(_PaintRule(rule, color, background))
+    return tuple(rules), tuple(paints), unknown_color, unknown_background
 
 
 def _strip_at_rules(css: str) -> str:
@@ -364,6 +571,34 @@ def _rule(selector: str) -> _Rule | None:
     parts = re.findall(r"([.#])([\w-]+)", rest)
     ids = [name for kind, name in parts if kind == "#"]
     return _Rule(tag, frozenset(name for kind, name in parts if kind == "."), ids[0] if ids else "")
+
+
+class _RuleIndex:
+    """Rules filed under the id, else a class, else the tag they need, so that each
+    element is checked against the few rules that could match it, not all of them."""
+
+    def __init__(self, items, rule_of) -> None:
+        self.by_key: dict[tuple[str, str], list] = {}
+        for item in items:
+            rule = rule_of(item)
+            if rule.id_:
+                key = ("#", rule.id_)
+            elif rule.classes:
+                key = (".", min(rule.classes))
+            else:
+                key = ("", rule.tag)
+            self.by_key.setdefault(key, []).append(item)
+
+    def matching(self, element, tag: str) -> list:
+        """The rules that may match `element` (each still to be checked)."""
+        if not self.by_key:
+            return []
+        found = list(self.by_key.get(("", tag), ()))
+        if element.get("id"):
+            found += self.by_key.get(("#", element.get("id")), ())
+        for name in set(element.get("class", "").split()):
+            found += self.by_key.get((".", name), ())
+        return found
 
 
 def _matches(rule: _Rule, element, tag: str) -> bool:

@@ -19,9 +19,17 @@ for every MIME part alike:
 - charsets fall back declared -> known alias -> UTF-8 -> Latin-1, and every
   replacement is counted.
 
-Text fields never contain CR, LF or NUL. Zero-width and bidi control characters are
-stripped from the text (and counted in `invisible_char_count`); a zero-width joiner
-inside an emoji sequence or a joiner in a script that needs it is kept and not counted.
+Text fields, an attachment's content type and file name among them, never contain
+CR, LF, NUL or any other control character. Zero-width and bidi control characters,
+Unicode tag characters (U+E0000-U+E007F) and the variation selectors supplement
+(U+E0100-U+E01EF) are stripped from the text (and counted in `invisible_char_count`);
+a zero-width joiner inside an emoji sequence, a joiner in a script that needs it and
+the tag characters of an emoji subdivision flag are kept and not counted.
+
+The sender: a message with no From, with two or more From fields, with a From that is
+not exactly one well-formed address, or whose address has a domain literal
+(`ceo@[bank.example.com]`, not a domain that can be compared) gets `invalid_from` and
+an address of "" (display name of the first From kept), so it is attributed to no one.
 """
 
 from __future__ import annotations
@@ -104,7 +112,9 @@ class Address:
 
     @property
     def domain(self) -> str:
-        return self.address.rpartition("@")[2] if "@" in self.address else ""
+        """The domain after the "@"; "" for none or a domain literal (`[192.0.2.1]`)."""
+        domain = self.address.rpartition("@")[2]
+        return "" if domain.startswith("[") else domain
 
 
 @dataclass(frozen=True)
@@ -164,12 +174,15 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _HEADER_CONTROL = re.compile(r"[\x01-\x08\x0a-\x1f\x7f]")
 _INVISIBLE = re.compile(
     "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
-    "\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb]"
+    "\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb"
+    "\U000e0000-\U000e007f\U000e0100-\U000e01ef]"
 )
 _JOINERS = "\u200c\u200d"
+_BLACK_FLAG = "\U0001f3f4"  # the base of a subdivision flag: U+1F3F4, tag letters, U+E007F
+_MAX_FLAG_TAGS = 8
 
 # headers
-_HEADER_BLOCK = re.compile(rb"(?:(?:[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\n|\r(?!\n)|\Z))*")
+HEADER_BLOCK = re.compile(rb"(?:(?:[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\n|\r(?!\n)|\Z))*")
 _HEADER_FIELD = re.compile(
     rb"(?:^|(?<=[\r\n]))[^ \t\r\n][^\r\n]*(?:\r\n|\n|\r)?(?:[ \t][^\r\n]*(?:\r\n|\n|\r)?)*"
 )
@@ -181,7 +194,8 @@ _MESSAGE_ID = re.compile(
     r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*|\[[!-Z^-~]*\])>"
 )
 _ADDR_SPEC = re.compile(
-    r"[^\s@<>()\[\],;:\\\x00-\x1f\x7f]+@(?:(?:[\w-]+\.)*[\w-]+|\[[^\]\s\x00-\x1f]+\])"
+    r"[^\s@<>()\[\],;:\\\x00-\x1f\x7f-\x9f]+@"
+    r"(?:(?:[\w-]+\.)*[\w-]+|\[[^\]\s\x00-\x1f\x7f-\x9f]+\])"
 )
 _QUOTED_OR_COMMENT = re.compile(r'"(?:[^"\\]|\\.)*"|\((?:[^()\\]|\\.)*\)')
 _ANGLE = re.compile(r"<([^<>]*)>")
@@ -282,7 +296,21 @@ class _Cleaner:
 
 def _drop_invisible(match: re.Match) -> str:
     char = match.group(0)
-    return char if char in _JOINERS and _joins(match.string, match.start()) else ""
+    if char in _JOINERS:
+        return char if _joins(match.string, match.start()) else ""
+    if "\U000e0020" <= char <= "\U000e007f":
+        return char if _in_flag(match.string, match.start()) else ""
+    return ""
+
+
+def _in_flag(text: str, index: int) -> bool:
+    """A tag character that follows U+1F3F4 within a flag's run of tag characters."""
+    for back in range(index - 1, max(-1, index - 1 - _MAX_FLAG_TAGS), -1):
+        if text[back] == _BLACK_FLAG:
+            return True
+        if not "\U000e0020" <= text[back] <= "\U000e007e":
+            return False
+    return False
 
 
 def _joins(text: str, index: int) -> bool:
@@ -299,7 +327,12 @@ def _is_emoji(char: str) -> bool:
     if not char:
         return False
     code = ord(char)
-    return code >= 0x1F000 or 0x2600 <= code <= 0x27BF or 0x2B00 <= code <= 0x2BFF or code == 0xFE0F
+    return (
+        0x1F000 <= code <= 0x1FAFF
+        or 0x2600 <= code <= 0x27BF
+        or 0x2B00 <= code <= 0x2BFF
+        or code == 0xFE0F
+    )
 
 
 def _keep_head_and_tail(text: str, limit: int) -> tuple[str, bool]:
@@ -361,17 +394,28 @@ class _Headers:
         return values[0] if values else None
 
 
-def _split_head(data: bytes) -> tuple[bytes, bytes, bool]:
-    """(header block, body, whether a blank line separated them), as feedparser does."""
+def split_head(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """(mbox ``From `` line, header block, blank line, body), split as feedparser does.
+
+    The one rule for where headers end, shared with detection/sanitize.py: the blank
+    line is b"" when a line that is neither a header field nor a continuation ended
+    the header block; that line and the rest are the body.
+    """
     start = 0
     if data.startswith(b"From "):
         start = data.find(b"\n") + 1 or len(data)
-    end = _HEADER_BLOCK.match(data, start).end()
+    end = HEADER_BLOCK.match(data, start).end()
     rest = data[end:]
-    for separator in (b"\r\n", b"\n", b"\r"):
-        if rest.startswith(separator):
-            return data[start:end], rest[len(separator) :], True
-    return data[start:end], rest, not rest
+    for blank in (b"\r\n", b"\n", b"\r"):
+        if rest.startswith(blank):
+            return data[:start], data[start:end], blank, rest[len(blank) :]
+    return data[:start], data[start:end], b"", rest
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes, bool]:
+    """(header block, body, whether a blank line separated them)."""
+    _, head, blank, body = split_head(data)
+    return head, body, bool(blank) or not body
 
 
 def _read_headers(block: bytes, limits: ParseLimits, defects: _Defects) -> _Headers:
@@ -520,11 +564,13 @@ def _first_address(headers: _Headers, name: str, cleaner: _Cleaner) -> Address |
 
 
 def _sender(headers: _Headers, cleaner: _Cleaner) -> Address | None:
-    """The From mailbox; its address is "" unless From is one unambiguous address."""
-    value = headers.get("from")
-    if value is None:
+    """The From mailbox; its address is "" unless the message has exactly one From
+    field, holding one unambiguous address on a domain (not a domain literal)."""
+    values = headers.by_name.get("from", [])
+    if not values:
         cleaner.defects.add("invalid_from")
         return None
+    value = values[0]
     value = " ".join(value.split())
     angle = _angle_sender(value, cleaner)
     if angle is not None:
@@ -539,6 +585,8 @@ def _sender(headers: _Headers, cleaner: _Cleaner) -> Address | None:
             address = ""
     if "@" in display:
         cleaner.defects.add("display_name_address")
+    if len(values) > 1 or address.rpartition("@")[2].startswith("["):
+        address = ""  # two senders, or a domain literal: no domain to attribute it to
     if not address:
         cleaner.defects.add("invalid_from")
     return Address(display, address)
@@ -714,6 +762,10 @@ class _Reader:
         if value is None:
             return default_type, {}
         content_type, params = _params(value, self.limits, self.defects)
+        if _CONTROL.search(content_type):
+            self.cleaner.text(content_type, header=True)  # counts the NULs and controls
+            self.defects.add("header_defect")
+            content_type = _CONTROL.sub("", content_type)
         if content_type.count("/") != 1 or " " in content_type:
             self.defects.add("header_defect")
             content_type = "text/plain"

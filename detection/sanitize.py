@@ -1,9 +1,14 @@
 """Remove what the receiving side added to a message, before anything reads it.
 
-Contract: `sanitize(data: bytes) -> bytes` takes a raw RFC 5322 message and returns
-the message as its sender wrote it, as nearly as can be told. Training, the server and
-batch rescoring all call it, identically, before parsing. It never raises: on any
-failure the input comes back unchanged (logged at DEBUG).
+Contract: `sanitize_message(data: bytes) -> (bytes, frozenset[str])` takes a raw
+RFC 5322 message and returns the message as its sender wrote it, as nearly as can be
+told, with the recipient addresses it found (lower-case; `parse_for_model` replaces
+them again in the parsed, decoded text). `sanitize(data) -> bytes` is the same without
+the addresses. Training, the server and batch rescoring all call it, identically,
+before parsing. It never raises and it fails closed: when the walk through the MIME
+parts fails, the headers are still cleaned and the recipients replaced in the raw
+bytes (logged at WARNING); only if the header step itself fails does the input come
+back unchanged.
 
 Each corpus arrived through one pipeline, and the receiving side's marks name the
 corpus, not the attack; a model that saw them would learn where mail was collected.
@@ -11,55 +16,74 @@ The rules, in order:
 
 1. **List From-munging is undone.** A list that rewrote ``From: Name via List
    <list@...>`` for DMARC and put the poster in ``Reply-To`` gets ``From: Name
-   <poster@...>`` back.
+   <poster@...>`` back. The new header is built with `email.utils.formataddr` from a
+   display name with every control character turned into a space, so it can never
+   add a line or a header.
 2. **Receiver and pipeline headers are dropped** (`STRIPPED_HEADERS`,
    `STRIPPED_PREFIXES`): trace and delivery headers (Received, Delivered-To,
-   X-Original-To, Authentication-Results, ARC-*, Received-SPF), gateway and filter
-   verdicts (X-MS-*, X-Microsoft-Antispam*, X-Forefront-*, X-Spam-*, X-Virus-*), mail
-   folder state (Status, X-UID, X-Keywords, X-Mozilla-*), mailing-list headers
-   (List-*, X-Mailman-*, Precedence, Errors-To), and Sender / Return-Path when they
-   name the list. DKIM-Signature is the sender's and stays.
+   X-Original-To, X-Delivered-To, X-Rcpt-To, Authentication-Results, ARC-*,
+   Received-SPF), gateway and filter verdicts (X-MS-*, X-Microsoft-Antispam*,
+   X-Forefront-*, X-Spam-*, X-Virus-*), mail folder state (Status, X-UID, X-Keywords,
+   X-Mozilla-*), mailing-list headers (List-*, X-Mailman-*, Precedence, Errors-To), and
+   Sender / Return-Path when they name the list. DKIM-Signature is the sender's and stays.
 3. **Recipient addresses are replaced** by `RECIPIENT_PLACEHOLDER` wherever they occur
-   (headers, body, inside URLs as is or percent-encoded, inside base64 and
-   quoted-printable text parts, also where a soft line break cuts the address):
-   the addresses of To, Cc, Delivered-To, X-Original-To, Envelope-To, Resent-To and
-   the ``for <...>`` of Received lines, plus the placeholders the public corpora
-   used (`CORPUS_RECIPIENT_PLACEHOLDERS`). A recipient's local part that follows a
-   salutation ("Dear jdoe,") becomes ``recipient``.
+   (headers, body, inside URLs as is or percent-encoded, quoted-printable ``=40``, HTML
+   ``&#64;``, VERP ``local=domain@``, inside base64 and quoted-printable text parts and
+   attached messages, also where a soft line break cuts the address, and in UTF-16 and
+   UTF-32 text parts): the addresses of To, Cc, Bcc, Delivered-To, X-Original-To,
+   Envelope-To, Resent-To and the others in `RECIPIENT_HEADERS`, the ``for <...>`` of
+   Received lines, plus the placeholders the public corpora used
+   (`CORPUS_RECIPIENT_PLACEHOLDERS`). At most `MAX_RECIPIENTS` addresses are taken, in
+   header order, and all are replaced in one pass over the text. A recipient's local
+   part that follows a salutation ("Dear jdoe,") becomes ``recipient``.
 4. **List footers are removed**: a line of underscores followed by a "... mailing
    list" line and the list's address, listinfo URL or unsubscribe line, in plain,
    quoted-printable and base64 text parts.
 
+The header block ends where the parser (`detection.parsing`) ends it: at the first line
+that is neither a header field nor a continuation line. Everything after it is body,
+and sanitising never makes a body line read as a header.
+
 Limitation: footers inside HTML are only removed where they sit on lines of their own;
 a footer glued into HTML markup stays (rare in the corpora, where the list adds its
 footer as its own text/plain part). A recipient's display name is not replaced.
+Addresses hidden in ways the byte level cannot see (an RFC 2047 base64 word, HTML
+entities for every letter) are left to `parse_for_model`, which replaces them in the
+decoded text.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import email
-import email.policy
 import logging
 import re
 from collections.abc import Callable
 from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from email.utils import formataddr, getaddresses
+from functools import lru_cache, partial
+
+from detection.parsing import HEADER_BLOCK, split_head
 
 logger = logging.getLogger(__name__)
 
 RECIPIENT_PLACEHOLDER = "recipient@example.invalid"
 SALUTATION_PLACEHOLDER = "recipient"
 CORPUS_RECIPIENT_PLACEHOLDERS = ("phishing@pot", "username@domain.com")
+MAX_RECIPIENTS = 500  # addresses taken from one message's headers, in header order
+MAX_DEPTH = 20  # nesting of multiparts and attached messages walked (as the parser)
+MAX_PARTS = 200  # MIME entities walked (as the parser)
 
 # Header names are matched without regard to case.
 STRIPPED_HEADERS = frozenset(
     name.lower()
     for name in (
         # trace and delivery
-        "Received X-Received Delivered-To X-Original-To Envelope-To X-Envelope-To "
-        "X-Envelope-From X-Apparently-To Delivery-Date X-Forwarded-To X-Forwarded-For "
+        "Received X-Received Delivered-To X-Delivered-To X-Original-To Envelope-To "
+        "X-Envelope-To X-Rcpt-To X-Envelope-From X-Apparently-To Apparently-To "
+        "Delivery-Date X-Forwarded-To X-Forwarded-For "
         "X-Authentication-Warning Authentication-Results Authentication-Results-Original "
         "Received-SPF X-Originalarrivaltime X-OriginatorOrg X-Sender-IP X-SID-PRA "
         "X-SID-Result X-Message-Delivery X-Message-Info X-Account-Key Resent-From Resent-To "
@@ -86,93 +110,126 @@ STRIPPED_PREFIXES = tuple(
     ).split()
 )
 LIST_HEADERS = ("list-id", "list-post", "x-mailman-version", "x-beenthere", "mailing-list")
+# headers whose addresses are the receiving side's (Bcc is kept, its addresses replaced)
 RECIPIENT_HEADERS = (
     "to",
     "cc",
+    "bcc",
     "delivered-to",
+    "x-delivered-to",
     "x-original-to",
+    "x-original-recipient",
+    "original-recipient",
     "envelope-to",
     "x-envelope-to",
+    "x-rcpt-to",
     "x-apparently-to",
+    "apparently-to",
     "resent-to",
     "resent-cc",
     "x-forwarded-to",
 )
+GENERIC_LOCAL_PARTS = frozenset(("info", "admin", "support", "all", "team", "list", "users"))
+
+_FOLD = re.compile(r"(?:\r\n|\r|\n)[ \t]+")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_PLAIN_ADDRESS = re.compile(r"[^\s\x00-\x1f\x7f<>()\",;:\\@]+@[A-Za-z0-9.-]+")
 _LIST_ROLE = re.compile(r"(?:-bounces?|-owner|-request|-admin)(?:\+[^@]*)?@|^(?:owner-|bounce)")
 _RECEIVED_FOR = re.compile(rb"\bfor\s+<?([^\s<>;@]+@[^\s<>;]+?)>?\s*;", re.IGNORECASE)
-_VIA_LIST = re.compile(r"^(?P<name>.*?)\s+via\s+(?P<list>[^<>]+)$", re.IGNORECASE)
-_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+_VIA_LIST = re.compile(r"^(?P<name>.*?)\s+via\s+(?P<list>[^<>]+)$", re.IGNORECASE | re.DOTALL)
 # a line of underscores, perhaps quoted ("> "), after HTML tags or ending in <br>
 _UNDERSCORES = re.compile(rb"^[ \t>]*(?:<[^<>]*>[ \t]*)*_{10,}[ \t]*(?:<br\s*/?>)?[ \t]*=?\r?$")
-_BASE64_HINT = re.compile(rb"content-transfer-encoding:[ \t]*base64", re.IGNORECASE)
-_QP_HINT = re.compile(rb"content-transfer-encoding:[ \t]*quoted-printable", re.IGNORECASE)
-_SOFT_BREAK = re.compile(rb"=\r?\n")
-_SALUTATION = rb"\b(dear|hello|hi|hey|good (?:morning|afternoon|evening))([ \t,]+)"
-_WORD_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_."
-_ADDRESS_CHARS = _WORD_CHARS + b"+-"
-GENERIC_LOCAL_PARTS = frozenset(("info", "admin", "support", "all", "team", "list", "users"))
+# A recipient address is found from its separator: "@" as written, percent-encoded,
+# quoted-printable, an HTML entity, or VERP's "=" before a domain and the bounce
+# address's own "@". The domain follows it (all of it: "example.org.uk" is not
+# "example.org"); the local part is then read backwards, at most 128 bytes.
+_DOMAIN = rb"[\w-]+(?:\.[\w-]+)*"
+_SEPARATOR_DOMAIN = re.compile(
+    rb"(@|%40|=40|&#0*64;|&#[xX]0*40;|&commat;|=(?=" + _DOMAIN + rb"@))(" + _DOMAIN + rb")"
+)
+_LOCAL_RUN = re.compile(rb'[^\s@<>()\[\],;:"\\\x00-\x1f\x7f]{1,128}')
+_BREAKS_LOCAL = re.compile(rb"[^\w.]")  # a local part may start after one of these
+_VERP_SEPARATOR = b"="
+_WORD_OR_DOT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
+_NOT_BEFORE_ADDRESS = frozenset(b"+-")  # besides word characters and dots; not for VERP
+_SALUTATION = re.compile(
+    rb"\b(dear|hello|hi|hey|good (?:morning|afternoon|evening))([ \t,]+)"
+    rb"([a-z](?:[a-z._-]*[a-z])?)(?![\w+-]|\.\w|@|%40|=40|&#)",
+    re.IGNORECASE,
+)
+_CORPUS_PLACEHOLDER = re.compile(
+    b"|".join(re.escape(p.encode()) for p in CORPUS_RECIPIENT_PLACEHOLDERS), re.IGNORECASE
+)
+_ASCII_INCOMPATIBLE = ("utf-16", "utf-32", "utf16", "utf32")
 
 
 def sanitize(data: bytes) -> bytes:
     """The message without receiver-added marks (see the module docstring); never raises."""
+    return sanitize_message(data)[0]
+
+
+def sanitize_message(data: bytes) -> tuple[bytes, frozenset[str]]:
+    """(the sanitized message, the recipient addresses found, lower-case); never raises."""
     try:
         return _sanitize(data)
     except Exception as exc:  # noqa: BLE001 - sanitising must never stop a message
-        logger.debug("sanitize left a message unchanged: %s: %s", type(exc).__name__, exc)
-        return data
+        logger.warning("sanitize left a message unchanged: %s", type(exc).__name__)
+        logger.debug("sanitize failure", exc_info=True)
+        return data, frozenset()
 
 
-def _sanitize(data: bytes) -> bytes:
-    head, newline, body = _split_head(data)
+def _sanitize(data: bytes) -> tuple[bytes, frozenset[str]]:
+    prefix, head, separator, body = split_head(data)
     fields = _fields(head)
     if not fields:
-        return data
+        return data, frozenset()
 
     # the facts are read from the headers before any of them is dropped
     is_list = any(name in LIST_HEADERS for name, _ in fields)
-    addresses = _recipients(fields)
-    recipients = _recipient_patterns(addresses)
-    fields = _unmunge_from(fields, is_list, newline)
+    recipients = frozenset(_recipients(fields))
+    fields = _unmunge_from(fields, is_list)
     kept = [(name, raw) for name, raw in fields if not _is_stripped(name, raw, is_list)]
-
-    head = _replace_recipients(b"".join(raw for _, raw in kept), recipients)
+    head = replace_recipients(b"".join(raw for _, raw in kept), recipients)
 
     def clean_text(text: bytes) -> bytes:
-        return _replace_recipients(_strip_footers(text), recipients)
+        return replace_recipients(_strip_footers(text), recipients)
 
-    needles = (b"mailing list", *sorted(a.encode("latin-1") for a in addresses))
-    return _rewrite_text(head + newline + body, clean_text, needles)
+    # the raw body first: what is cleaned here stays cleaned if the MIME walk fails
+    body = clean_text(body)
+    try:
+        body = _PartRewriter(clean_text).body(head, body, 0, "text/plain")
+    except Exception as exc:  # noqa: BLE001 - fail closed: headers and raw bytes are clean
+        logger.warning("sanitize kept a message's parts as they were: %s", type(exc).__name__)
+        logger.debug("sanitize part walk failure", exc_info=True)
+    return _join(prefix, head, separator, body), recipients
 
 
 # headers
-def _split_head(data: bytes) -> tuple[bytes, bytes, bytes]:
-    """(header block with its line endings, the blank line's newline, body)."""
-    match = re.search(rb"\r?\n\r?\n", data)
-    if match is None:
-        return data if data.endswith(b"\n") else data + b"\n", b"\n", b""
-    cut = match.start() + (2 if data[match.start()] == 13 else 1)
-    newline = b"\r\n" if data[match.start()] == 13 else b"\n"
-    return data[:cut], newline, data[match.end() :]
+def _join(prefix: bytes, head: bytes, blank: bytes, body: bytes) -> bytes:
+    """The entity again; a body whose first line now reads as a header gets a blank line."""
+    if not blank and body and HEADER_BLOCK.match(body).end() > 0:
+        blank = b"\r\n" if head.endswith(b"\r\n") else b"\n"
+    return prefix + head + blank + body
 
 
 def _fields(head: bytes) -> list[tuple[str, bytes]]:
     """(lower-cased name, raw bytes with continuation lines) for each header field."""
     fields: list[tuple[str, bytes]] = []
     for line in head.splitlines(keepends=True):
-        match = _FIELD.match(line)
-        if match is None and fields:
+        if line[:1] in (b" ", b"\t") and fields:
             name, raw = fields[-1]
-            fields[-1] = (name, raw + line)  # a continuation (or a broken line): keep it
-        elif match is None:
-            fields.append(("", line))
+            fields[-1] = (name, raw + line)
+        elif line[:1] in (b" ", b"\t"):
+            fields.append(("", line))  # continuation lines before any field: kept as they are
         else:
-            fields.append((match.group(1).decode("ascii").lower(), line))
+            name = line.split(b":", 1)[0].decode("latin-1").strip().lower()
+            fields.append((name, line))
     return fields
 
 
 def _value(raw: bytes) -> str:
     text = raw.decode("latin-1").split(":", 1)[1] if b":" in raw else ""
-    return re.sub(r"\r?\n[ \t]+", " ", text).strip()
+    return _FOLD.sub(" ", text).strip()
 
 
 def _decoded(value: str) -> str:
@@ -199,20 +256,26 @@ def _is_stripped(name: str, raw: bytes, is_list: bool) -> bool:
     return False
 
 
-def _recipients(fields: list[tuple[str, bytes]]) -> set[str]:
-    found = {
-        a.lower() for name, raw in fields if name in RECIPIENT_HEADERS for _, a in _addresses(raw)
-    }
+def _recipients(fields: list[tuple[str, bytes]]) -> list[str]:
+    """The receiving side's addresses, lower-case, in header order, at most MAX_RECIPIENTS."""
+    found: dict[str, None] = {}
     for name, raw in fields:
-        if name == "received":
-            found.update(m.decode("latin-1").lower() for m in _RECEIVED_FOR.findall(raw))
-    found.update(CORPUS_RECIPIENT_PLACEHOLDERS)
-    return {a for a in found if a.count("@") == 1 and len(a) >= 3}
+        if name in RECIPIENT_HEADERS:
+            candidates = [a for _, a in _addresses(raw)]
+        elif name == "received":
+            candidates = [m.decode("latin-1") for m in _RECEIVED_FOR.findall(raw)]
+        else:
+            continue
+        for address in candidates:
+            address = address.lower()
+            if address.count("@") == 1 and len(address) >= 3:
+                found[address] = None
+            if len(found) >= MAX_RECIPIENTS:
+                return list(found)
+    return list(found)
 
 
-def _unmunge_from(
-    fields: list[tuple[str, bytes]], is_list: bool, newline: bytes
-) -> list[tuple[str, bytes]]:
+def _unmunge_from(fields: list[tuple[str, bytes]], is_list: bool) -> list[tuple[str, bytes]]:
     """``From: Name via List <list@...>`` + ``Reply-To: poster`` -> ``From: Name <poster>``."""
     names = [name for name, _ in fields]
     if not is_list or names.count("from") != 1 or names.count("reply-to") != 1:
@@ -222,12 +285,22 @@ def _unmunge_from(
     sender = _addresses(from_raw)
     if len(reply) != 1 or len(sender) != 1 or reply[0][1].lower() == sender[0][1].lower():
         return fields
+    poster = reply[0][1]
+    if not _PLAIN_ADDRESS.fullmatch(poster) or not poster.isascii():
+        return fields
     match = _VIA_LIST.match(_decoded(sender[0][0]).strip())
     if match is None:
         return fields
-    display = match.group("name").strip().strip('"') or _decoded(reply[0][0])
-    value = formataddr((display, reply[0][1]), charset="utf-8")
-    new = b"From: " + value.encode("ascii", "replace") + newline
+
+    # a decoded display name may hold CR, LF or NUL: as spaces they cannot start a line
+    display = _CONTROLS.sub(" ", match.group("name")).strip().strip('"').strip()
+    if not display:
+        display = _CONTROLS.sub(" ", _decoded(reply[0][0])).strip()
+    value = formataddr((display, poster), charset="utf-8").encode("ascii", "replace")
+    if re.search(rb"[\x00-\x1f\x7f]", value):
+        return fields
+    ending = re.search(rb"(?:\r\n|\r|\n)?\Z", from_raw).group(0)
+    new = b"From: " + value + ending
     return [(n, new if n == "from" else raw) for n, raw in fields]
 
 
@@ -248,10 +321,14 @@ def _strip_footers(text: bytes) -> bytes:
 
 
 def _footer_end(lines: list[bytes], start: int) -> int | None:
-    """Index after the footer that starts at `start`, or None when it is not one."""
+    """Index after the footer that starts at `start`, or None when it is not one.
+
+    The footer ends at a blank line or at a MIME boundary line ("--..."), which
+    belongs to the message's structure, never to the footer.
+    """
     block: list[bytes] = []
     for line in lines[start + 1 : start + 7]:
-        if not line.strip(b" \t\r="):
+        if not line.strip(b" \t\r=") or line.startswith(b"--"):
             break
         block.append(line.lower())
     if not block or not any(b"mailing list" in line for line in block[:2]):
@@ -261,98 +338,198 @@ def _footer_end(lines: list[bytes], start: int) -> int | None:
     return start + 1 + len(block)
 
 
-def _replace_recipients(
-    data: bytes, patterns: list[tuple[bytes, re.Pattern, bytes, bytes]]
-) -> bytes:
-    lowered = data.lower()
-    for needle, pattern, new, not_after in patterns:
-        if needle not in lowered:  # a substring test first: most patterns cannot match
-            continue
+def replace_recipients(data: bytes, recipients: frozenset[str]) -> bytes:
+    """`data` with each of `recipients` (lower-case addresses) and the corpora's
+    placeholders replaced by `RECIPIENT_PLACEHOLDER`, in one pass per rule.
 
-        # the left boundary is checked here: a pattern that starts with a look-behind
-        # loses the regex engine's literal-prefix search and runs four times slower
-        def replace(match: re.Match, new: bytes = new, not_after: bytes = not_after) -> bytes:
-            start = match.start()
-            if start and match.string[start - 1] in not_after:
-                return match.group(0)
-            return match.expand(new)
-
-        data = pattern.sub(replace, data)
-    return data
-
-
-def _recipient_patterns(recipients: set[str]) -> list[tuple[bytes, re.Pattern, bytes, bytes]]:
-    """(needle, pattern, replacement, bytes that may not precede a match) per variant.
-
-    Each recipient is matched as is, percent-encoded and VERP-encoded, and its local
-    part after a salutation. The needle is a lower-cased literal every match contains.
-    The corpora's own placeholders are replaced wherever they occur, even glued to a
-    word, because the corpora pasted them into words ("Dearphishing@pot").
+    Each "@" (or encoded "@") followed by a recipient's domain is looked up in the set,
+    with the local part read back from it, so the cost grows with the text, not with
+    the number of recipients. The separator is kept as written ("%40", "=40", "&#64;",
+    VERP "="), so percent-encoded and quoted-printable text still decodes to the
+    placeholder. An address that only ends or starts like a recipient ("jim-bob@...",
+    "...org.uk") is left.
     """
-    placeholder = RECIPIENT_PLACEHOLDER.encode()
-    local_placeholder, _, domain_placeholder = placeholder.partition(b"@")
-    end = rb"(?![\w-]|\.[\w-])"
-    patterns: list[tuple[bytes, re.Pattern, bytes, bytes]] = []
-    for address in sorted(recipients, key=len, reverse=True):
-        bare_local, _, bare_domain = (p.encode("latin-1") for p in address.partition("@"))
-        local, domain = re.escape(bare_local), re.escape(bare_domain)
-        if address in CORPUS_RECIPIENT_PLACEHOLDERS:
-            patterns.append(
-                (bare_domain, re.compile(local + b"@" + domain, re.I), placeholder, b"")
-            )
-            continue
-        percent = placeholder.replace(b"@", b"%40")
-        verp = local_placeholder + b"=" + domain_placeholder
-        patterns += [
-            (
-                bare_domain,
-                re.compile(local + b"@" + domain + end, re.I),
-                placeholder,
-                _ADDRESS_CHARS,
-            ),
-            (bare_domain, re.compile(local + b"%40" + domain + end, re.I), percent, _ADDRESS_CHARS),
-            # VERP bounce addresses carry the recipient as local=domain before the @
-            (bare_domain, re.compile(local + b"=" + domain + b"(?=@)", re.I), verp, _WORD_CHARS),
-        ]
-        if re.fullmatch(rb"[a-z][a-z._-]{2,}", bare_local) and (
-            address.partition("@")[0] not in GENERIC_LOCAL_PARTS
-        ):
-            salutation = re.compile(_SALUTATION + local + rb"\b", re.I)
-            new = rb"\1\2" + SALUTATION_PLACEHOLDER.encode()
-            patterns.append((bare_local, salutation, new, b""))
-    return patterns
-
-
-def _rewrite_text(
-    data: bytes, transform: Callable[[bytes], bytes], needles: tuple[bytes, ...]
-) -> bytes:
-    """Apply `transform` to the whole body, then inside encoded text parts that need it.
-
-    Base64 text parts are always decoded; quoted-printable ones only when joining the
-    soft line breaks brings a new occurrence of one of `needles` (lower-case literals).
-    """
-    head, blank, body = _split_head(data)
-    data = head + blank + transform(body)
-    has_base64 = _BASE64_HINT.search(data) is not None
-    if not has_base64 and not _qp_hides_needle(data, needles):
+    data = _CORPUS_PLACEHOLDER.sub(RECIPIENT_PLACEHOLDER.encode(), data)
+    if not recipients:
         return data
-    message = email.message_from_bytes(data, policy=email.policy.compat32)
-    for part in message.walk():
-        if part.is_multipart() or part.get_content_maintype() != "text":
-            continue
-        encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-        if encoding in ("base64", "quoted-printable"):
-            codec = _BASE64 if encoding == "base64" else _QP
-            data = _rewrite_encoded(data, str(part.get_payload()), transform, codec)
+    data = _replace_addresses(data, recipients)
+    locals_ = _salutation_locals(recipients)
+    if locals_:
+
+        def salutation(match: re.Match) -> bytes:
+            if match.group(3).lower().decode("latin-1") not in locals_:
+                return match.group(0)
+            return match.group(1) + match.group(2) + SALUTATION_PLACEHOLDER.encode()
+
+        data = _SALUTATION.sub(salutation, data)
     return data
 
 
-def _qp_hides_needle(data: bytes, needles: tuple[bytes, ...]) -> bool:
-    if not _QP_HINT.search(data):
-        return False
-    lowered = data.lower()
-    joined = _SOFT_BREAK.sub(b"", lowered)
-    return any(joined.count(n) > lowered.count(n) for n in needles)
+def replace_recipients_in_text(text: str, recipients: frozenset[str]) -> str:
+    """`replace_recipients` for decoded text."""
+    data = text.encode("utf-8", "surrogatepass")
+    return replace_recipients(data, recipients).decode("utf-8", "surrogatepass")
+
+
+def _replace_addresses(data: bytes, recipients: frozenset[str]) -> bytes:
+    domains, longest_local = _recipient_index(recipients)
+    local_placeholder, _, domain_placeholder = RECIPIENT_PLACEHOLDER.encode().partition(b"@")
+    reversed_data = b""
+    out: list[bytes] = []
+    done = 0
+    floor = 0  # a local part does not reach back past the previous separator
+    for match in _SEPARATOR_DOMAIN.finditer(data):
+        separator, domain = match.group(1, 2)
+        at, previous_floor, floor = match.start(), floor, match.end(1)
+        if domain.lower().decode("latin-1") not in domains:
+            continue
+        reversed_data = reversed_data or data[::-1]
+        run = _LOCAL_RUN.match(reversed_data, len(data) - at)
+        if run is None:
+            continue
+        run_start = max(at - len(run.group(0)), at - longest_local, previous_floor, done)
+        start = _local_start(data, at, run_start, separator, domain, recipients)
+        if start is None:
+            continue
+        out += [data[done:start], local_placeholder, separator, domain_placeholder]
+        done = match.end()
+    if not out:
+        return data
+    out.append(data[done:])
+    return b"".join(out)
+
+
+def _local_start(
+    data: bytes,
+    at: int,
+    run_start: int,
+    separator: bytes,
+    domain: bytes,
+    recipients: frozenset[str],
+) -> int | None:
+    """Where the recipient whose separator is at `at` starts, or None when none does.
+
+    A local part starts at the start of the data or after a byte that is not a word
+    character or a dot (nor "+" or "-", except before VERP's "="); the longest one that
+    names a recipient wins.
+    """
+    local = data[run_start:at]
+    starts = [run_start, *(run_start + m.end() for m in _BREAKS_LOCAL.finditer(local))]
+    for start in starts:
+        if start >= at:
+            continue
+        before = data[start - 1] if start else None
+        if before in _WORD_OR_DOT:
+            continue
+        if separator != _VERP_SEPARATOR and before in _NOT_BEFORE_ADDRESS:
+            continue
+        if (data[start:at] + b"@" + domain).lower().decode("latin-1") in recipients:
+            return start
+    return None
+
+
+@lru_cache(maxsize=64)
+def _recipient_index(recipients: frozenset[str]) -> tuple[frozenset[str], int]:
+    """(the recipients' domains, the length of their longest local part, in bytes)."""
+    parts = [address.rpartition("@") for address in recipients]
+    return frozenset(d for _, _, d in parts), max(len(lp.encode("utf-8")) for lp, _, _ in parts)
+
+
+@lru_cache(maxsize=64)
+def _salutation_locals(recipients: frozenset[str]) -> frozenset[str]:
+    """Local parts that read as a name after "Dear ..." (not "info", "admin", ...)."""
+    locals_ = (address.partition("@")[0] for address in recipients)
+    return frozenset(
+        local
+        for local in locals_
+        if re.fullmatch(r"[a-z][a-z._-]{1,}[a-z]", local) and local not in GENERIC_LOCAL_PARTS
+    )
+
+
+# the MIME walk: encoded text parts and attached messages
+class _PartRewriter:
+    """Walks one message's MIME tree, bounded in depth and part count like the parser,
+    and cleans what the raw bytes hide: base64 and quoted-printable text parts, UTF-16
+    and UTF-32 text, and encoded attached messages. A part comes back byte for byte
+    unless cleaning changed its decoded content; headers are never rewritten here."""
+
+    def __init__(self, clean: Callable[[bytes], bytes]) -> None:
+        self.clean = clean
+        self.parts = 0
+
+    def entity(self, data: bytes, depth: int, default_type: str) -> bytes:
+        prefix, head, blank, body = split_head(data)
+        return _join(prefix, head, blank, self.body(head, body, depth, default_type))
+
+    def body(self, head: bytes, body: bytes, depth: int, default_type: str) -> bytes:
+        self.parts += 1
+        if depth > MAX_DEPTH or self.parts > MAX_PARTS:
+            return body  # the parser does not read this deep either
+        headers = BytesHeaderParser(policy=compat32).parsebytes(head + b"\n")
+        content_type = headers.get_content_type() if headers.get("content-type") else default_type
+        encoding = str(headers.get("content-transfer-encoding", "")).strip().lower()
+        encoding = "quoted-printable" if encoding.startswith("quoted") else encoding
+        codec = _CODECS.get(encoding)
+
+        if content_type.startswith("multipart/"):
+            boundary = headers.get_param("boundary")
+            if not isinstance(boundary, str) or not boundary:
+                return body
+            child = "message/rfc822" if content_type == "multipart/digest" else "text/plain"
+            return _rewrite_multipart(body, boundary, lambda p: self.entity(p, depth + 1, child))
+        if content_type == "message/rfc822":
+            if codec is None:
+                return self.entity(body, depth + 1, "text/plain")
+            return _recode(
+                body, codec, lambda m: self.entity(self.clean(m), depth + 1, "text/plain")
+            )
+        if not content_type.startswith("text/"):
+            return body
+        charset = str(headers.get_content_charset() or "")
+        if charset.startswith(_ASCII_INCOMPATIBLE):
+            wide = partial(self._wide, charset=charset)
+            return _recode(body, codec, wide) if codec else wide(body)
+        if codec is None:
+            return body  # already cleaned as raw bytes
+        return _recode(body, codec, self.clean)
+
+    def _wide(self, data: bytes, charset: str) -> bytes:
+        """Clean text in a charset that is not ASCII-compatible, in that charset."""
+        try:
+            text = data.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            return data
+        cleaned = self.clean(text.encode("utf-8", "surrogatepass"))
+        if cleaned == text.encode("utf-8", "surrogatepass"):
+            return data
+        return cleaned.decode("utf-8", "surrogatepass").encode(charset)
+
+
+def _rewrite_multipart(body: bytes, boundary: str, rewrite: Callable[[bytes], bytes]) -> bytes:
+    """`body` with each part between boundary lines (as the parser finds them) rewritten."""
+    delimiter = re.compile(
+        rb"^--" + re.escape(boundary.encode("utf-8", "replace")) + rb"(--)?[ \t]*\r?$", re.MULTILINE
+    )
+    out: list[bytes] = []
+    done = 0
+    start = None
+    for match in delimiter.finditer(body):
+        if start is not None:
+            end = match.start()
+            end -= 2 if body[end - 2 : end] == b"\r\n" else 1 if body[end - 1 : end] == b"\n" else 0
+            end = max(start, end)
+            out += [body[done:start], rewrite(body[start:end])]
+            done = end
+        if match.group(1):
+            start = None
+            break
+        newline = body.find(b"\n", match.end())
+        start = len(body) if newline < 0 else newline + 1
+    if start is not None:
+        out += [body[done:start], rewrite(body[start:])]
+        done = len(body)
+    out.append(body[done:])
+    return b"".join(out)
 
 
 def _qp_encode(text: bytes) -> bytes:
@@ -360,31 +537,35 @@ def _qp_encode(text: bytes) -> bytes:
     return b"\n".join(binascii.b2a_qp(line.rstrip(b"\r")) for line in lines)
 
 
-_BASE64 = (
-    lambda encoded: base64.b64decode(encoded, validate=False),
-    lambda text: base64.encodebytes(text).strip(),
-)
-_QP = (binascii.a2b_qp, _qp_encode)
+def _base64_decode(encoded: bytes) -> bytes:
+    return binascii.a2b_base64(encoded.translate(None, b" \t\r\n"))
 
 
-def _rewrite_encoded(
-    data: bytes, payload: str, transform: Callable[[bytes], bytes], codec: tuple
-) -> bytes:
-    """Decode one part's payload, transform it, and encode it back in place if it changed."""
+_Codec = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
+_CODECS: dict[str, _Codec] = {
+    "base64": (_base64_decode, lambda text: base64.encodebytes(text).strip()),
+    "quoted-printable": (binascii.a2b_qp, _qp_encode),
+}
+
+
+def _recode(body: bytes, codec: _Codec, transform: Callable[[bytes], bytes]) -> bytes:
+    """Decode a part's body, transform it, and encode it back if the content changed.
+
+    The white space around the encoded text and its line endings are kept.
+    """
     decode, encode = codec
+    stripped = body.strip()
+    if not stripped:
+        return body
     try:
-        encoded = payload.encode("ascii", "surrogateescape").strip()
-    except UnicodeEncodeError:
-        return data  # the parser already decoded this payload: its bytes are not at hand
-    if len(encoded) < 16 or data.count(encoded) != 1:
-        return data  # not found exactly once: leave it rather than guess
-    try:
-        decoded = decode(encoded)
+        decoded = decode(stripped)
     except (binascii.Error, ValueError):
-        return data
+        return body
     changed = transform(decoded)
     if changed == decoded:
-        return data
-    newline = b"\r\n" if b"\r\n" in encoded else b"\n"
+        return body
+    lead = body[: len(body) - len(body.lstrip())]
+    trail = body[len(lead) + len(stripped) :]
+    newline = b"\r\n" if b"\r\n" in stripped or b"\r\n" in trail else b"\n"
     fresh = encode(changed).replace(b"\r\n", b"\n").replace(b"\n", newline)
-    return data.replace(encoded, fresh, 1)
+    return lead + fresh + trail

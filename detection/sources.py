@@ -6,12 +6,15 @@ that is the same on every read of the same source:
 - a single file holding one message (``.eml`` or any name): id ``name``;
 - a directory tree of such files, walked in sorted order: ``dir:rel/path``;
 - a maildir (``cur/``, ``new/``; ``tmp/`` holds half-delivered mail and is skipped):
-  ``dir:cur/unique-name`` (the ``:2,flags`` suffix is left out, so reading the mail
-  does not change its id);
+  ``dir:cur/unique-name:2,flags``, the whole file name (two files may differ only in
+  their flags, so the flags are part of the id; a client that changes a message's flags
+  renames the file, and so changes its id);
 - an mbox file (it starts with a ``From `` separator line): ``name#position``, or just
   ``name`` when the file holds one message (as each SpamAssassin corpus file does);
 - a ``.tar``/``.tar.gz``/``.tgz``/``.tar.bz2``/``.tar.xz`` archive of any of these,
-  streamed member by member: ``archive:member`` or ``archive:member#position``;
+  streamed member by member: ``archive:member`` or ``archive:member#position``; an
+  archive inside an archive is read too (``outer.tar:inner.tar.gz:member``), down to
+  `MAX_ARCHIVE_DEPTH` archives deep (a deeper one is skipped with a warning);
 - text-only records (first line ``Subject: ...``, then the body, no other headers,
   as in Enron-Spam), ``kind="text"``: auto-detected, or forced with
   ``text_records=True`` (``False`` turns the detection off);
@@ -19,23 +22,33 @@ that is the same on every read of the same source:
   ``stdin`` or ``stdin#position``.
 
 `RawMessage.index` is the running 0-based position of the message in the whole
-source. Hidden files (names starting with ``.``) are not read.
+source. Hidden files (names starting with ``.``) are not read. In a directory tree,
+symbolic links are followed, each real directory is read once (a link that loops back
+is skipped with a warning), and a FIFO, socket or device is skipped with a warning and
+counted in `SourceStats.skipped`: reading one could block forever.
 
 mbox reading is made for real-world damage: a ``From `` line splits only when it
 starts the file or follows a blank line *and* looks like a separator (``From
 <address> <weekday or month> ... hh:mm``), so a body line "From the desk of ..." stays
 in its message. ``>From `` quoting is undone one level (mboxrd). CRLF line endings are
-turned into LF, so LF, CRLF and mixed files give identical messages. The folder
+turned into LF, so LF, CRLF and mixed files give identical messages; a file whose lines
+end in CR alone (classic Mac OS) is read as LF too. A UTF-8 byte order mark and blank
+lines before the first separator are passed over. The folder
 placeholder message ("DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA") is skipped
 and counted in `SourceStats.skipped`; positions still count it, so ids stay those of
 the file.
 
 Errors: a source that does not exist, cannot be opened or is not a readable archive
 raises `SourceError` at once, from `iter_messages` itself.
-A source that breaks while being read (a corrupt archive, a file that vanishes) yields
-every message read before the damage, then raises `SourceError` naming the source and
-the position reached. A message that is itself broken (truncated, bad MIME) is not an
-error here: it is yielded as it is and the parser records its defects.
+A source that breaks while being read (a corrupt or truncated archive, also one whose
+damage makes `tarfile` stop early without an error, a file that vanishes) yields every
+message read before the damage, then raises `SourceError` naming the source and the
+position reached. Inside a directory tree, one file that cannot be read (a dangling
+link, no permission, a corrupt archive, a folder that cannot be listed) does not stop
+the tree: it is yielded as a `RawMessage` with empty `data` and `error` saying what was
+wrong (counted in `SourceStats.failed`, not in `read`), and reading goes on. A message
+that is itself broken (truncated, bad MIME) is not an error here: it is yielded as it
+is and the parser records its defects.
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ import logging
 import lzma
 import os
 import re
+import stat
 import sys
 import tarfile
 import zlib
@@ -55,6 +69,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 KINDS = ("rfc822", "text")
+MAX_ARCHIVE_DEPTH = 3  # archives inside archives read, the outermost counted
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 PLACEHOLDER_SUBJECT = b"DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA"
 
@@ -74,6 +89,11 @@ _SEPARATOR = re.compile(
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+:[ \t]?")  # a field name, a colon
 _ERRORS_WHILE_READING = (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error)
+# a UTF-8 byte order mark and blank lines, before an mbox's first separator
+_LEADING_BLANKS = re.compile(rb"(?:\xef\xbb\xbf)?(?:[ \t]*(?:\r\n|\n|\r))*")
+
+# (id, data, kind, error): one message, or one that could not be read (error set)
+_Item = tuple[str, bytes, str, str | None]
 
 
 class SourceError(Exception):
@@ -94,13 +114,19 @@ class SourceError(Exception):
 
 @dataclass(frozen=True)
 class RawMessage:
-    """One message as read: `data` is the bytes to parse, `kind` how to parse them."""
+    """One message as read: `data` is the bytes to parse, `kind` how to parse them.
+
+    `error` is set (and `data` empty) when the message's file could not be read: it
+    names the source, the path and what was wrong. Such a message is reported, not
+    scored.
+    """
 
     id: str
     source: str
     index: int
     data: bytes
     kind: str = "rfc822"
+    error: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -112,7 +138,8 @@ class SourceStats:
     """Counts kept while reading one source (pass one to `iter_messages` to get them)."""
 
     read: int = 0
-    skipped: int = 0
+    skipped: int = 0  # placeholders, FIFOs and devices, archives nested too deep
+    failed: int = 0  # files of a directory tree that could not be read
 
 
 def iter_messages(
@@ -123,8 +150,9 @@ def iter_messages(
 ) -> Iterator[RawMessage]:
     """Yield every message of `source` in input order (see the module docstring).
 
-    Raises `SourceError` at once when the source is missing or not a file or directory;
-    a source that breaks midway raises `SourceError` after the messages before it.
+    Raises `SourceError` at once when the source is missing, not a file or directory,
+    or cannot be opened; a source that breaks midway raises `SourceError` after the
+    messages before it.
     """
     if text_records not in (None, True, False):
         raise TypeError(f"text_records must be None, True or False, got {text_records!r}")
@@ -144,12 +172,17 @@ def iter_messages(
     if not path.exists():
         raise SourceError(str(source), None, "no such file or directory")
     if path.is_dir():
+        try:
+            os.scandir(path).close()
+        except OSError as exc:
+            reason = f"directory could not be listed ({exc.strerror})"
+            raise SourceError(str(source), None, reason) from exc
         items = _from_directory(name, path, text_records, stats)
     elif path.is_file():
         if not os.access(path, os.R_OK):
             raise SourceError(str(source), None, "permission denied")
         if _is_archive_name(path.name):
-            items = _from_archive(name, _open_archive(name, path), text_records, stats)
+            items = _from_archive(name, _open_archive(name, path), text_records, stats, depth=1)
         else:
             items = _from_file(name, path, text_records, stats)
     else:
@@ -157,12 +190,13 @@ def iter_messages(
     return _numbered(name, items, stats)
 
 
-def _numbered(
-    name: str, items: Iterator[tuple[str, bytes, str]], stats: SourceStats
-) -> Iterator[RawMessage]:
-    for index, (message_id, data, kind) in enumerate(items):
-        stats.read += 1
-        yield RawMessage(id=message_id, source=name, index=index, data=data, kind=kind)
+def _numbered(name: str, items: Iterator[_Item], stats: SourceStats) -> Iterator[RawMessage]:
+    for index, (message_id, data, kind, error) in enumerate(items):
+        if error is None:
+            stats.read += 1
+        else:
+            stats.failed += 1
+        yield RawMessage(message_id, name, index, data, kind, error)
 
 
 # files, directories, archives
@@ -181,51 +215,148 @@ def _read_path(label: str, path: Path) -> bytes:
 
 def _from_file(
     label: str, path: Path, text_records: bool | None, stats: SourceStats
-) -> Iterator[tuple[str, bytes, str]]:
+) -> Iterator[_Item]:
+    """One regular file: an archive (by its name) or the messages its bytes hold."""
     if _is_archive_name(path.name):
-        yield from _from_archive(label, _open_archive(label, path), text_records, stats)
+        yield from _from_archive(label, _open_archive(label, path), text_records, stats, 1)
         return
     yield from _from_bytes(label, _read_path(label, path), text_records, stats)
 
 
-def _open_archive(label: str, path: Path) -> tarfile.TarFile:
+def _open_archive(label: str, source: Path | bytes) -> tarfile.TarFile:
+    """A tar archive (any compression) opened as a stream, from a path or from bytes."""
     try:
-        return tarfile.open(path, mode="r|*")
+        if isinstance(source, bytes):
+            return tarfile.open(fileobj=io.BytesIO(source), mode="r|*", tarinfo=_header_keeper())
+        return tarfile.open(source, mode="r|*", tarinfo=_header_keeper())
     except _ERRORS_WHILE_READING as exc:
         raise SourceError(label, None, f"not a readable tar archive ({exc})") from exc
 
 
+def _header_keeper() -> type[tarfile.TarInfo]:
+    """A TarInfo class (one per archive) that keeps the last header block read.
+
+    `tarfile` stops without an error at a damaged or truncated header after the first
+    one; the kept block tells that stop from the end-of-archive marker.
+    """
+
+    class KeptHeader(tarfile.TarInfo):
+        last_block = b""
+
+        @classmethod
+        def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+            cls.last_block = buf
+            return super().frombuf(buf, encoding, errors)
+
+    return KeptHeader
+
+
+def _check_archive_end(label: str, archive: tarfile.TarFile, position: str) -> None:
+    """Raise SourceError unless reading stopped at the end-of-archive marker (or at the
+    very end of the data) with nothing but zero padding after it."""
+    where = f"offset {archive.offset}, {position}"
+    block = archive.tarinfo.last_block
+    if block and (len(block) < tarfile.BLOCKSIZE or block.count(0) != len(block)):
+        damage = "truncated" if len(block) < tarfile.BLOCKSIZE else "damaged"
+        raise SourceError(label, where, f"archive is corrupt or truncated ({damage} header)")
+    while chunk := archive.fileobj.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            reason = "archive is corrupt or truncated (data after the end-of-archive marker)"
+            raise SourceError(label, where, reason)
+
+
 def _from_directory(
     label: str, root: Path, text_records: bool | None, stats: SourceStats
-) -> Iterator[tuple[str, bytes, str]]:
-    def fail(exc: OSError) -> None:
-        raise SourceError(label, exc.filename, f"directory could not be listed ({exc.strerror})")
+) -> Iterator[_Item]:
+    """Every file of the tree in sorted order, depth first, as `os.walk` would give it,
+    but following symbolic links once per real directory and never stopping at one
+    unreadable file (see the module docstring)."""
+    visited: set[tuple[int, int]] = set()
+    pending = [root]
+    while pending:
+        here = pending.pop()
+        rel_dir = here.relative_to(root).as_posix()
+        try:
+            info = here.stat()
+            if (info.st_dev, info.st_ino) in visited:
+                logger.warning("%s: %s is a directory already read; skipped", label, rel_dir)
+                continue
+            visited.add((info.st_dev, info.st_ino))
+            names = sorted(os.listdir(here))
+        except OSError as exc:
+            reason = f"directory could not be listed ({exc.strerror})"
+            yield _failed(f"{label}:{rel_dir}", label, rel_dir, reason)
+            continue
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
-        here = Path(dirpath)
-        is_maildir = {"cur", "new"} <= set(dirnames)
+        # (name, None) for a regular file, (name, reason) for one that cannot be read
+        files: list[tuple[str, str | None]] = []
+        dirs: list[str] = []
+        for name in names:
+            try:
+                mode = (here / name).stat().st_mode
+            except OSError as exc:
+                dangling = (here / name).is_symlink()
+                files.append((name, "dangling symbolic link" if dangling else exc.strerror))
+                continue
+            if stat.S_ISDIR(mode):
+                dirs.append(name)
+            elif stat.S_ISREG(mode):
+                files.append((name, None))
+            elif not name.startswith("."):
+                rel = f"{rel_dir}/{name}".removeprefix("./")
+                logger.warning(
+                    "%s: %s is not a regular file (FIFO, socket, device); skipped", label, rel
+                )
+                stats.skipped += 1
+
+        is_maildir = {"cur", "new"} <= set(dirs)
         # tmp/ of a maildir holds mail still being delivered; maildir++ folders are hidden
-        dirnames[:] = sorted(
+        dirs = [
             d
-            for d in dirnames
+            for d in dirs
             if not (is_maildir and d == "tmp") and (is_maildir or not d.startswith("."))
-        )
-        in_maildir = here.name in ("cur", "new") and (here.parent / "new").is_dir()
-        for filename in sorted(f for f in filenames if not f.startswith(".")):
-            rel = (here / filename).relative_to(root).as_posix()
-            if in_maildir:
-                rel = rel.split(":2,", 1)[0]
-            prefix = f"{label}:{rel}"
-            if _is_archive_name(filename):
-                yield from _from_file(prefix, here / filename, text_records, stats)
-            else:
-                data = _read_path(label, here / filename)
-                yield from _from_bytes(prefix, data, text_records, stats)
+        ]
+        pending.extend(here / d for d in reversed(dirs))
+        for name, problem in files:
+            if not name.startswith("."):
+                yield from _from_tree_file(label, root, here / name, problem, text_records, stats)
+
+
+def _from_tree_file(
+    label: str,
+    root: Path,
+    path: Path,
+    problem: str | None,
+    text_records: bool | None,
+    stats: SourceStats,
+) -> Iterator[_Item]:
+    """One file of a directory tree; one that cannot be read is an item with its error."""
+    rel = path.relative_to(root).as_posix()
+    prefix = f"{label}:{rel}"
+    if problem is not None:
+        yield _failed(prefix, label, rel, problem)
+        return
+    try:
+        yield from _from_file(prefix, path, text_records, stats)
+    except SourceError as error:
+        yield _failed(prefix, error.source, error.position, error.reason)
+
+
+def _failed(message_id: str, source: str, position: str | None, reason: str) -> _Item:
+    """The item of a message that could not be read: no data, the error's text."""
+    error = SourceError(source, position, reason)
+    logger.warning("%s", error)
+    return message_id, b"", "rfc822", str(error)
 
 
 def _from_archive(
-    label: str, archive: tarfile.TarFile, text_records: bool | None, stats: SourceStats
-) -> Iterator[tuple[str, bytes, str]]:
+    label: str,
+    archive: tarfile.TarFile,
+    text_records: bool | None,
+    stats: SourceStats,
+    depth: int,
+) -> Iterator[_Item]:
+    """The members of one archive in order; `depth` counts this archive (1 = outermost)."""
     position = "the first member"
     with archive:
         try:
@@ -235,10 +366,25 @@ def _from_archive(
                     continue
                 handle = archive.extractfile(member)
                 data = handle.read() if handle is not None else b""
-                yield from _from_bytes(f"{label}:{member.name}", data, text_records, stats)
+                inner = f"{label}:{member.name}"
+                if _is_archive_name(member.name):
+                    yield from _from_inner_archive(inner, data, text_records, stats, depth + 1)
+                else:
+                    yield from _from_bytes(inner, data, text_records, stats)
                 position = f"after member {member.name!r}"
+            _check_archive_end(label, archive, position)
         except _ERRORS_WHILE_READING as exc:
             raise SourceError(label, position, f"archive is corrupt or truncated ({exc})") from exc
+
+
+def _from_inner_archive(
+    label: str, data: bytes, text_records: bool | None, stats: SourceStats, depth: int
+) -> Iterator[_Item]:
+    if depth > MAX_ARCHIVE_DEPTH:
+        logger.warning("%s: archive nested more than %d deep; skipped", label, MAX_ARCHIVE_DEPTH)
+        stats.skipped += 1
+        return
+    yield from _from_archive(label, _open_archive(label, data), text_records, stats, depth)
 
 
 def _looks_like_archive(data: bytes) -> bool:
@@ -248,22 +394,18 @@ def _looks_like_archive(data: bytes) -> bool:
 
 def _from_bytes(
     label: str, data: bytes, text_records: bool | None, stats: SourceStats
-) -> Iterator[tuple[str, bytes, str]]:
+) -> Iterator[_Item]:
     """One file's (or stdin's) content: an archive, an mbox, a text record or a message."""
     if label == "stdin" and _looks_like_archive(data):
-        try:
-            archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-        except _ERRORS_WHILE_READING as exc:
-            raise SourceError(label, None, f"not a readable tar archive ({exc})") from exc
-        yield from _from_archive(label, archive, text_records, stats)
+        yield from _from_archive(label, _open_archive(label, data), text_records, stats, 1)
     elif is_mbox(data):
         kind = "text" if text_records else "rfc822"
         for position, count, message in split_mbox(data, label, stats):
-            yield (f"{label}#{position}" if count > 1 else label), message, kind
+            yield (f"{label}#{position}" if count > 1 else label), message, kind, None
     elif text_records or (text_records is None and is_text_record(data)):
-        yield label, data, "text"
+        yield label, data, "text", None
     else:
-        yield label, data, "rfc822"
+        yield label, data, "rfc822", None
 
 
 # text records
@@ -285,8 +427,17 @@ def is_text_record(data: bytes) -> bool:
 
 # mbox
 def is_mbox(data: bytes) -> bool:
-    """True when the data starts with an mbox ``From `` separator line."""
-    return data.startswith(b"From ") and _SEPARATOR.match(data, 0) is not None
+    """True when the data starts with an mbox ``From `` separator line (after a UTF-8
+    byte order mark or blank lines, if any)."""
+    start = _LEADING_BLANKS.match(data).end()
+    return data.startswith(b"From ", start) and _SEPARATOR.match(data, start) is not None
+
+
+def _lf_line_endings(data: bytes) -> bytes:
+    data = data.replace(b"\r\n", b"\n")
+    if data.count(b"\r") > data.count(b"\n"):  # classic Mac OS: CR alone ends each line
+        data = data.replace(b"\r", b"\n")
+    return data
 
 
 def _is_placeholder(message: bytes) -> bool:
@@ -301,11 +452,13 @@ def split_mbox(
 ) -> list[tuple[int, int, bytes]]:
     """(position, separators in the file, message bytes) per message, placeholders skipped.
 
-    Line endings are normalised to LF, the separator line and the trailing blank lines
-    (the one before the next separator is framing) are dropped, each message ends with
-    one LF, and ``>From `` quoting is undone one level.
+    Line endings are normalised to LF (CRLF, or CR alone where most lines end so), a
+    leading byte order mark and blank lines are passed over, the separator line and the
+    trailing blank lines (the one before the next separator is framing) are dropped,
+    each message ends with one LF, and ``>From `` quoting is undone one level.
     """
-    lines = data.replace(b"\r\n", b"\n").split(b"\n")
+    data = _lf_line_endings(data[_LEADING_BLANKS.match(data).end() :])
+    lines = data.split(b"\n")
     starts = [
         i
         for i, line in enumerate(lines)

@@ -7,8 +7,12 @@
 SOURCE is a .eml file, a directory tree, a maildir, an mbox, a .tar/.tar.gz/.tar.xz
 archive of these, text-only records (--text-records), or "-" for standard input.
 Each message gives one JSON line of the scoring contract, in input order; a message
-that could not be scored still gets its line, with `error` saying why. The summary
-(read, scored, failed) goes to standard error.
+that could not be scored still gets its line, with `error` saying why (so does a
+file of a directory tree that could not be read). The summary (read, scored, failed)
+goes to standard error, also when the run stops early.
+
+Exit status: 0 when the whole source was read; 2 when the source, the model or the
+output file cannot be opened, or the source breaks midway (one error line says which).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TextIO
 
 from detection.decision import Verdict
 from detection.sources import RawMessage, SourceError, iter_messages
@@ -27,6 +33,14 @@ from detection.sources import RawMessage, SourceError, iter_messages
 logger = logging.getLogger("bulwark")
 
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+
+
+class SetupError(Exception):
+    """Something the run needs before its first message (the model, the output file)
+    could not be opened; the message says what and why."""
+
+
+Scoring = Callable[[Iterable[RawMessage]], Iterator[Verdict]]
 
 
 def _chunks(messages: Iterable[RawMessage], size: int) -> Iterator[list[RawMessage]]:
@@ -40,49 +54,120 @@ def _chunks(messages: Iterable[RawMessage], size: int) -> Iterator[list[RawMessa
         yield chunk
 
 
-def score_in_process(
-    messages, model_dir: Path, org: str, history: str | None, directory: str | None
-) -> Iterator[Verdict]:
+def in_process_scoring(
+    model: Path | None, org: str, history: str | None, directory: str | None
+) -> Scoring:
+    """Load the model version `model` (default: the newest exported one) once.
+
+    Raises SetupError naming the model directory when it is missing or will not load.
+    """
     from serving.scorer import Scorer
+    from training.export import latest_version_dir
 
-    scorer = Scorer.load(model_dir, history_path=history, directory_path=directory)
-    for chunk in _chunks(messages, 32):
-        yield from scorer.score(chunk, org=org)
+    try:
+        model_dir = Path(model) if model else latest_version_dir(DEFAULT_REPOSITORY)
+    except FileNotFoundError as error:
+        raise SetupError(str(error)) from error
+    if not model_dir.is_dir():
+        raise SetupError(f"model directory {str(model_dir)!r} does not exist")
+    try:
+        scorer = Scorer.load(model_dir, history_path=history, directory_path=directory)
+    except Exception as error:  # noqa: BLE001 - any load failure ends the run with one line
+        raise SetupError(
+            f"model {str(model_dir)!r} could not be loaded ({type(error).__name__}: {error})"
+        ) from error
+
+    def score(messages: Iterable[RawMessage]) -> Iterator[Verdict]:
+        for chunk in _chunks(messages, 32):
+            yield from scorer.score(chunk, org=org)
+
+    return score
 
 
-def score_through_server(messages, url: str, org: str, concurrency: int) -> Iterator[Verdict]:
+def server_scoring(url: str, org: str, concurrency: int) -> Scoring:
+    """Score through the Triton server at `url`; SetupError if the client cannot be made."""
     from serving.client import BulwarkClient
 
-    client = BulwarkClient(url)
-    yield from client.score_messages(messages, org=org, concurrency=concurrency)
+    try:
+        client = BulwarkClient(url)
+    except Exception as error:  # noqa: BLE001 - a bad URL ends the run with one line
+        reason = f"{type(error).__name__}: {error}"
+        raise SetupError(f"server {url!r} cannot be used ({reason})") from error
+
+    def score(messages: Iterable[RawMessage]) -> Iterator[Verdict]:
+        yield from client.score_messages(messages, org=org, concurrency=concurrency)
+
+    return score
+
+
+def verdicts_in_order(messages: Iterable[RawMessage], score: Scoring) -> Iterator[Verdict]:
+    """One verdict per message, in input order. A message the source could not read
+    (`RawMessage.error`) gets an error line and is not sent to `score`. When the source
+    breaks midway, the messages read before the break are scored first, then the
+    `SourceError` is raised."""
+    pending: deque[RawMessage] = deque()  # read, not yet answered, in input order
+    stopped: list[SourceError] = []
+
+    def readable() -> Iterator[RawMessage]:
+        try:
+            for message in messages:
+                pending.append(message)
+                if message.error is None:
+                    yield message
+        except SourceError as error:
+            stopped.append(error)
+
+    for verdict in score(readable()):
+        while pending[0].error is not None:
+            yield _unreadable(pending.popleft())
+        pending.popleft()
+        yield verdict
+    yield from (_unreadable(message) for message in pending)
+    if stopped:
+        raise stopped[0]
+
+
+def _unreadable(message: RawMessage) -> Verdict:
+    return Verdict(message.id, message.source, message.index, error=message.error)
 
 
 def run_score(args: argparse.Namespace) -> int:
-    messages = iter_messages(args.source, text_records=args.text_records or None)
-    if args.server:
-        verdicts = score_through_server(messages, args.server, args.org, args.concurrency)
-    else:
-        from training.export import latest_version_dir
-
-        model_dir = args.model or latest_version_dir(DEFAULT_REPOSITORY)
-        verdicts = score_in_process(
-            messages, Path(model_dir), args.org, args.history, args.directory
-        )
-
     counts = {"read": 0, "scored": 0, "failed": 0}
+    try:
+        messages = iter_messages(args.source, text_records=args.text_records or None)
+        if args.server:
+            score = server_scoring(args.server, args.org, args.concurrency)
+        else:
+            score = in_process_scoring(args.model, args.org, args.history, args.directory)
+        out_context = _output(args.output)
+    except (SourceError, SetupError) as error:
+        logger.error("cannot score: %s", error)
+        return _summary(counts, 2)
+
     status = 0
-    out_context = (
-        open(args.output, "w", encoding="utf-8") if args.output else nullcontext(sys.stdout)
-    )
     with out_context as out:
         try:
-            for verdict in verdicts:
+            for verdict in verdicts_in_order(messages, score):
                 counts["read"] += 1
                 counts["failed" if verdict.error else "scored"] += 1
                 out.write(verdict.to_json() + "\n")
         except SourceError as error:
             logger.error("source stopped early: %s", error)
             status = 2
+    return _summary(counts, status)
+
+
+def _output(path: Path | None) -> AbstractContextManager[TextIO]:
+    if path is None:
+        return nullcontext(sys.stdout)
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as error:
+        reason = error.strerror
+        raise SetupError(f"output file {str(path)!r} cannot be written ({reason})") from error
+
+
+def _summary(counts: dict[str, int], status: int) -> int:
     logger.info("summary: %s", json.dumps(counts))
     return status
 

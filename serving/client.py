@@ -144,6 +144,9 @@ class BulwarkClient:
     def _submit(self, message: RawMessage, org: str) -> Future:
         """Send one request; the Future holds its InferResult or the error it met."""
         future: Future = Future()
+        if message.error:
+            future.set_result(None)
+            return future
         try:
             inputs = self._inputs(message, org)
             outputs = [self._triton.InferRequestedOutput(name) for name in OUTPUT_NAMES]
@@ -176,6 +179,8 @@ class BulwarkClient:
 
     def _collect(self, message: RawMessage, future) -> Verdict:
         """Wait for one request and turn its result, or its failure, into a Verdict."""
+        if message.error:  # the source could not read it: nothing was sent
+            return Verdict(message.id, message.source, message.index, error=message.error)
         try:
             return to_verdict(message, future.result(timeout=self.timeout_s))
         except TimeoutError:

@@ -37,6 +37,7 @@ KINDS = ("rfc822", "text")
 # the Triton model reads the sender-history and directory files' paths from these
 HISTORY_ENV = "BULWARK_HISTORY_DB"
 DIRECTORY_ENV = "BULWARK_DIRECTORY"
+WARM_UP_MESSAGE = b"From: warm-up@example.com\r\nSubject: warm-up\r\n\r\nwarm-up\r\n"
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,11 @@ class Scorer:
             "file" if directory_path else "empty",
         )
         return cls(model, policy, history, directory)
+
+    def warm_up(self) -> None:
+        """Score one short synthetic message, so that ONNX Runtime's first-run set-up
+        is not paid by the first real request."""
+        self.score_batch([ScoreItem(WARM_UP_MESSAGE, "warm-up")])
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[Decision | Exception]:
         results: list[Decision | Exception | None] = [None] * len(items)

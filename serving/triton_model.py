@@ -84,11 +84,13 @@ class TritonPythonModel:
 
     def load_scorer(self, version_dir: Path) -> Scorer:
         """The scorer for one exported version; tests override this with a fake."""
-        return Scorer.load(
+        scorer = Scorer.load(
             version_dir,
             history_path=os.environ.get(HISTORY_ENV) or None,
             directory_path=os.environ.get(DIRECTORY_ENV) or None,
         )
+        scorer.warm_up()  # the first request should not pay ONNX Runtime's set-up
+        return scorer
 
     def _check_config(self) -> None:
         """config.pbtxt is the contract: fail the load when it and detection/tensors.py differ."""

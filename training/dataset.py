@@ -235,6 +235,7 @@ class _Record:
 class _Report:
     read: Counter = field(default_factory=Counter)
     unlabelled: Counter = field(default_factory=Counter)
+    unreadable: Counter = field(default_factory=Counter)
     placeholders: Counter = field(default_factory=Counter)
     sampled_out: Counter = field(default_factory=Counter)
     duplicates: dict = field(default_factory=lambda: defaultdict(Counter))
@@ -257,6 +258,10 @@ def _read_corpus(
     stats = SourceStats()
     records = []
     for message in iter_messages(archive, text_records=spec.text_records, stats=stats):
+        if message.error:
+            report.unreadable[spec.source] += 1
+            logger.warning("unreadable message in %s: %s", spec.source, message.error)
+            continue
         member = _member(message)
         label = spec.label(member)
         if label is None:
@@ -547,6 +552,7 @@ def _manifest(data: datasets.DatasetDict, config: DatasetConfig, report: _Report
         },
         "read": dict(report.read),
         "unlabelled_skipped": dict(report.unlabelled),
+        "unreadable_skipped": dict(report.unreadable),
         "placeholders_skipped": dict(report.placeholders),
         "sampled_out": dict(report.sampled_out),
         "duplicates_removed": {k: dict(v) for k, v in report.duplicates.items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from detection.htmltext import HtmlViews, html_to_views
+from detection.urls import MAX_ANCHOR_CHARS
 
 
 def test_zero_size_span_inside_a_word_is_hidden():
@@ -111,3 +112,126 @@ def test_deeply_nested_html_is_read():
     html = "<div>" * 5000 + "deep text" + "</div>" * 5000
 
     assert "deep text" in html_to_views(html).visible
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        "color:hsl(0,0%,100%)",
+        "color:hsl(0deg 0% 100%)",
+        "color:#ffffffff",
+        "color:#ffff",
+        "color:rgb(255 255 255)",
+        "color:rgb(100%,100%,100%)",
+        "color:white",
+        "color:ghostwhite",
+        "color:snow",
+        "color:rgba(255 255 255 / 0%)",
+        "color:#0000",
+    ],
+)
+def test_every_css_form_of_white_or_transparent_text_is_hidden(style):
+    views = html_to_views(f"<p>Hello</p><span style='{style}'>SECRET</span>")
+
+    assert (views.visible, views.hidden) == ("Hello", "SECRET")
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        "font-size:0.01em",
+        "font-size:1%",
+        "font-size:1px",
+        "font:0/0 a",
+        "position:absolute;clip:rect(0,0,0,0);width:1px;height:1px;overflow:hidden",
+        "position:absolute;clip:rect(0 0 0 0)",
+        "clip-path:inset(50%)",
+        "transform:scale(0)",
+        "transform:translate(1px) scaleY(0)",
+        "display:/*x*/none",
+        "visibility:/* unclosed comment */hidden",
+    ],
+)
+def test_tiny_clipped_scaled_or_commented_hiding_is_hidden(style):
+    views = html_to_views(f"<p>Hello</p><span style='{style}'>SECRET</span>")
+
+    assert (views.visible, views.hidden) == ("Hello", "SECRET")
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        "color:hsl(0,0%,50%)",
+        "color:rgb(0 0 255)",
+        "color:#1a1a1a",
+        "font-size:0.8em",
+        "font-size:90%",
+        "transform:scale(1)",
+        "width:10%;overflow:hidden",
+        "color:inherit",
+    ],
+)
+def test_readable_text_stays_visible(style):
+    views = html_to_views(f"<p>Hello</p><span style='{style}'>SECRET</span>")
+
+    assert (views.visible, views.hidden) == ("Hello SECRET", "")
+
+
+def test_stylesheet_dark_page_keeps_light_text_visible():
+    html = (
+        "<style>body{background:#111}</style>"
+        '<body><p style="color:#fff">Welcome back</p><p>Your order shipped</p></body>'
+    )
+    views = html_to_views(html)
+
+    assert views.visible == "Welcome back Your order shipped"
+    assert views.hidden == ""
+
+
+def test_default_coloured_text_on_a_dark_page_stays_visible():
+    html = '<body style="background:#000"><p>Your order shipped</p></body>'
+
+    assert html_to_views(html).visible == "Your order shipped"
+
+
+def test_text_painted_like_its_own_stylesheet_background_is_hidden():
+    html = (
+        "<style>.dark{background:#000;color:#eee}</style>"
+        '<div class="dark">Light text <span style="color:#000">black on black</span></div>'
+    )
+    views = html_to_views(html)
+
+    assert (views.visible, views.hidden) == ("Light text", "black on black")
+
+
+def test_unmatchable_stylesheet_background_makes_camouflage_unknown():
+    html = '<style>div p{background:#000}</style><div><p style="color:#fff">White text</p></div>'
+
+    assert html_to_views(html).visible == "White text"
+
+
+def test_transparent_background_shows_its_parents():
+    html = (
+        '<table bgcolor="#1a1a1a"><tr><td style="color:#fff">Shown '
+        '<span style="background:transparent;color:#1a1a1a">dark on dark</span></td></tr></table>'
+    )
+    views = html_to_views(html)
+
+    assert (views.visible, views.hidden) == ("Shown", "dark on dark")
+
+
+def test_anchor_text_kept_per_link_is_capped():
+    views = html_to_views('<a href="http://x.example.com/">' + "a1." * 10_000 + "1</a>")
+
+    assert len(views.links[0][1]) <= 2 * MAX_ANCHOR_CHARS
+
+
+def test_id_tag_and_multi_class_rules_hide_only_what_they_match():
+    html = (
+        "<style>#promo, span.a.b { display: none } em { font-size: 0 }</style>"
+        '<div id="promo">one</div><span class="b a">two</span><span class="a">Shown</span>'
+        "<em>three</em>"
+    )
+    views = html_to_views(html)
+
+    assert (views.visible, views.hidden) == ("Shown", "one two three")

@@ -49,10 +49,11 @@ def assert_safe_text(parsed: ParsedMessage) -> None:
         if address is not None:
             texts += [address.display_name, address.address]
     texts += [u.raw for u in parsed.urls] + [u.text for u in parsed.urls]
-    texts += [a.filename for a in parsed.attachments]
+    texts += [u.host for u in parsed.urls]
+    texts += [a.filename for a in parsed.attachments] + [a.content_type for a in parsed.attachments]
     texts += [part for pair in parsed.raw_headers for part in pair]
     for text in texts:
-        assert not set(text) & {"\r", "\n", "\x00"}, repr(text)
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text), repr(text)
 
 
 # 1. headers the strict parser rejects
@@ -376,6 +377,31 @@ def test_missing_or_multiple_from_is_invalid(data):
     assert parsed.from_ is None or parsed.from_.address == ""
 
 
+def test_two_from_fields_are_invalid_and_attributed_to_no_one():
+    parsed = parse_message(b"From: ceo@bank.example.com\nFrom: x@evil.example.net\n\nb")
+
+    assert parsed.from_.address == ""
+    assert parsed.from_.domain == ""
+    assert parsed.defects["invalid_from"] == 1
+
+
+def test_domain_literal_sender_is_invalid_and_has_no_domain():
+    parsed = parse_message(message("From: CEO <ceo@[bank.example.com]>"))
+
+    assert parsed.from_ == parsing.Address("CEO", "")
+    assert parsed.defects["invalid_from"] == 1
+    assert parsing.Address("", "x@[192.0.2.1]").domain == ""
+
+
+def test_control_characters_in_content_type_are_removed_and_counted():
+    parsed = parse_message(message("Content-Type: application/x\x00y\x1b; name=a.bin", body="b"))
+
+    assert parsed.attachments[0].content_type == "application/xy"
+    assert parsed.defects["header_defect"] == 1
+    assert parsed.defects["nul_byte"] == 1
+    assert_safe_text(parsed)
+
+
 # 12. invisible characters
 def test_zero_width_characters_are_stripped_and_counted():
     parsed = parse_message(message("Subject: Pass\u200bword re\u200dset"))
@@ -400,6 +426,33 @@ def test_emoji_sequences_are_not_flagged():
     assert "\U0001f468\u200d\U0001f4bb" in parsed.visible_text
     assert parsed.urls[0].tricks == ()
     assert parsed.urls[0].registered_domain == "example.com"
+
+
+def test_unicode_tags_and_variation_selectors_supplement_are_stripped_and_counted():
+    hidden = "".join(chr(0xE0000 + ord(c)) for c in "wire money")
+    parsed = parse_message(
+        message(f"Subject: Agenda{hidden}", body="Pay\U000e0100ment \U000e0001x")
+    )
+
+    assert parsed.subject == "Agenda"
+    assert parsed.visible_text == "Payment x"
+    assert parsed.invisible_char_count == len(hidden) + 2
+
+
+def test_emoji_flag_tags_and_variation_selector_are_kept():
+    england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    text = f"Go {england} \u2764\ufe0f \U0001f468\u200d\U0001f469"
+    parsed = parse_message(message("Content-Type: text/plain; charset=utf-8", body=text.encode()))
+
+    assert parsed.visible_text == text
+    assert parsed.invisible_char_count == 0
+
+
+def test_joiner_after_a_tag_character_is_not_an_emoji_joiner():
+    parsed = parse_message(message("Subject: pa\U000e0041\u200dy"))
+
+    assert parsed.subject == "pay"
+    assert parsed.invisible_char_count == 2
 
 
 # 13. image-only and attachment-only lures

@@ -6,8 +6,9 @@ import base64
 
 import pytest
 
+from detection.features import parse_for_model
 from detection.parsing import parse_message
-from detection.sanitize import RECIPIENT_PLACEHOLDER, sanitize
+from detection.sanitize import RECIPIENT_PLACEHOLDER, sanitize, sanitize_message
 
 FOOTER = (
     "_______________________________________________\n"
@@ -287,3 +288,197 @@ def test_sanitize_is_idempotent():
     once = sanitize(data)
 
     assert sanitize(once) == once
+
+
+# header injection and the end of the header block
+@pytest.mark.parametrize("control", ["=0D", "=0A", "=00", "=0D=0A"])
+def test_unmunged_from_cannot_add_a_header(control):
+    data = (
+        f'From: "=?utf-8?q?Alice{control}Subject=3A_pwned?= via List" <list@example.org>\n'
+        "Reply-To: poster@example.net\nList-Id: <l.example.org>\nSubject: real\n\nhello\n"
+    ).encode()
+
+    out = sanitize(data)
+
+    parsed = parse_message(out)
+    assert [name.lower() for name, _ in parsed.raw_headers] == ["from", "reply-to", "subject"]
+    assert parsed.subject == "real"
+    assert parsed.from_.address == "poster@example.net"
+    assert b"\r" not in out and b"\x00" not in out
+
+
+def test_a_non_header_line_ends_the_header_block_as_the_parser_ends_it():
+    data = (
+        b"From: alice@example.net\nX-Spam-Status: No\nnot a header line\n"
+        b"Subject: urgent wire transfer\nReply-To: x@example.org\n\nbody\n"
+    )
+
+    before, after = parse_message(data), parse_message(sanitize(data))
+
+    assert [n for n, _ in after.raw_headers] == ["From"]
+    assert (after.subject, after.reply_to) == (before.subject, before.reply_to) == ("", None)
+    assert b"not a header line\nSubject: urgent wire transfer\n" in sanitize(data)
+
+
+def test_a_footer_removed_from_a_glued_body_cannot_turn_body_lines_into_headers():
+    data = b"From: alice@example.net\nX-UID: 1\n" + FOOTER.encode() + b"Subject: forged\n\nbody\n"
+
+    parsed = parse_message(sanitize(data))
+
+    assert [n for n, _ in parsed.raw_headers] == ["From"]
+    assert parsed.subject == ""
+
+
+def test_footer_directly_before_a_boundary_line_keeps_the_boundary():
+    headers = 'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n'
+    body = "--b\nContent-Type: text/plain\n\nSee you.\n" + FOOTER + "--b\n"
+    body += "Content-Type: text/plain\n\nsecond part\n--b--\n"
+
+    out = sanitize(_message(headers, body))
+
+    assert out.count(b"\n--b\n") == 2 and b"\n--b--\n" in out
+    assert b"mailing list" not in out
+    assert "second part" in parse_message(out).visible_text
+
+
+# failing closed
+def _nested(depth: int, inner: bytes) -> bytes:
+    for _ in range(depth):
+        inner = b"Content-Type: message/rfc822\n\n" + inner
+    return inner
+
+
+def test_deeply_nested_message_still_loses_receiver_headers_and_recipients():
+    inner = _nested(983, b"From: a@example.net\nSubject: x\n\nhi bob@example.org\n")
+    data = (
+        b"Received: from mx.example.net by mail.example.org for <bob@example.org>;\n"
+        b"Delivered-To: bob@example.org\nTo: bob@example.org\nSubject: s\n"
+        b"Content-Type: message/rfc822\n\n" + inner
+    )
+
+    out = sanitize(data)
+
+    assert b"Received:" not in out and b"Delivered-To:" not in out
+    assert b"bob@example.org" not in out
+
+
+def test_a_failing_part_walk_still_strips_headers_and_replaces_recipients(monkeypatch):
+    import detection.sanitize as module
+
+    def broken(*_args):
+        raise RecursionError("too deep")
+
+    monkeypatch.setattr(module._PartRewriter, "body", broken)
+    data = _message("Received: from mx.example.net\nX-Spam-Status: No\n", "Hi bob@example.org\n")
+
+    out = sanitize(data)
+
+    assert not {"received", "x-spam-status"} & _header_names(out)
+    assert b"bob@example.org" not in out
+    assert b"Hi recipient@example.invalid" in out
+
+
+# recipients hidden by an encoding, and more recipient headers
+def _mime(headers: str, body: bytes) -> bytes:
+    return _message("MIME-Version: 1.0\n" + headers, "").rstrip(b"\n") + b"\n\n" + body
+
+
+HIDDEN_RECIPIENT = {
+    "quoted-printable =40": _mime(
+        "Content-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n",
+        b"write to bob=40example.org now\n",
+    ),
+    "HTML entity": _mime("Content-Type: text/html\n", b"<p>write to bob&#64;example.org</p>\n"),
+    "base64 attached message": _mime(
+        'Content-Type: multipart/mixed; boundary="b"\n',
+        b"--b\nContent-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes(b"From: c@example.net\nSubject: fwd\n\nwrite to bob@example.org\n")
+        + b"--b--\n",
+    ),
+    "utf-16 base64 text": _mime(
+        "Content-Type: text/plain; charset=utf-16\nContent-Transfer-Encoding: base64\n",
+        base64.encodebytes("write to bob@example.org".encode("utf-16")),
+    ),
+    "utf-16 8-bit text": _mime(
+        "Content-Type: text/plain; charset=utf-16\n", "write to bob@example.org".encode("utf-16")
+    ),
+}
+
+
+@pytest.mark.parametrize("data", HIDDEN_RECIPIENT.values(), ids=HIDDEN_RECIPIENT.keys())
+def test_recipient_hidden_by_an_encoding_is_replaced_in_what_the_parser_reads(data):
+    parsed = parse_message(sanitize(data))
+
+    assert "bob@example.org" not in parsed.visible_text
+    assert "write to recipient@example.invalid" in parsed.visible_text
+
+
+@pytest.mark.parametrize("name", ["Bcc", "X-Delivered-To", "X-Rcpt-To", "Apparently-To"])
+def test_more_recipient_headers_name_recipients(name):
+    data = (
+        f"From: alice@example.com\n{name}: <carol@example.org>\nSubject: s\n\n"
+        "Copy for carol@example.org\n"
+    ).encode()
+
+    out, recipients = sanitize_message(data)
+
+    assert recipients == frozenset({"carol@example.org"})
+    assert b"carol@example.org" not in out
+    if name != "Bcc":
+        assert name.lower() not in _header_names(out)
+
+
+def test_sanitize_message_returns_the_recipients_in_lower_case():
+    out, recipients = sanitize_message(_message("Cc: Dave <DAVE@Example.org>\n"))
+
+    assert recipients == frozenset({"bob@example.org", "dave@example.org"})
+    assert out == sanitize(_message("Cc: Dave <DAVE@Example.org>\n"))
+
+
+def test_parse_for_model_replaces_recipients_in_decoded_text():
+    encoded = base64.b64encode(b"Dear bob@example.org, invoice").decode()
+    headers = f"MIME-Version: 1.0\nContent-Type: text/html\nX-Note: =?utf-8?b?{encoded}?=\n"
+    data = _message(headers, "").replace(
+        b"Subject: Quarterly report", f"Subject: =?utf-8?b?{encoded}?=".encode()
+    )
+    html = (
+        '<p>Hello &#98;&#111;&#98;&#64;example.org</p><a href="http://x.example.net/?u=BOB'
+        '%40example.org">BOB@example.org</a><div style="display:none">bob@example.org</div>\n'
+    )
+
+    parsed = parse_for_model(data + html.encode())
+
+    assert parsed.subject == f"Dear {RECIPIENT_PLACEHOLDER}, invoice"
+    assert parsed.visible_text.startswith(f"Hello {RECIPIENT_PLACEHOLDER}")
+    fields = [parsed.subject, parsed.visible_text, parsed.hidden_text]
+    fields += [u.raw for u in parsed.urls] + [u.text for u in parsed.urls]
+    assert not any("bob@example.org" in f.lower() or "bob%40" in f.lower() for f in fields)
+    assert parsed.urls[0].raw.endswith("u=recipient%40example.invalid")
+
+
+def test_salutation_never_rewrites_part_of_an_address():
+    body = "Dear bob@example.net, hello bob%40example.net\n"
+
+    out = sanitize(_message("", body))
+
+    assert b"Dear bob@example.net, hello bob%40example.net" in out
+    assert b"recipient@example.net" not in out
+
+
+# cost
+def test_many_recipients_and_a_long_body_are_replaced_in_one_pass():
+    import time
+
+    from detection.sanitize import MAX_RECIPIENTS
+
+    to = ", ".join(f"user{i}@example.org" for i in range(4000))
+    body = "Note for user7@example.org and user4000@example.org. " * 2000  # ~100 KB
+    data = _message(f"Cc: {to}\n", body)
+
+    started = time.perf_counter()
+    out, recipients = sanitize_message(data)
+    elapsed = time.perf_counter() - started
+
+    assert len(recipients) == MAX_RECIPIENTS
+    assert b"user7@example.org" not in out
+    assert elapsed < 2.0, f"sanitize took {elapsed:.1f} s"

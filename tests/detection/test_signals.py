@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from detection.parsing import parse_message
@@ -71,3 +73,26 @@ def test_sender_signals_read_the_facts():
     assert raw["sender_seen_before"] == 1
     assert raw["sender_message_count"] == 3
     assert raw_signals(parsed, SenderFacts())["sender_seen_before"] == 0
+
+
+def test_long_dotted_anchor_text_keeps_signals_fast():
+    data = (
+        b"From: a@example.com\nContent-Type: text/html\n\n<a href='http://x.example.com/'>"
+        + b"a1." * 10_000
+        + b"1</a>"
+    )
+    parsed = parse_message(data)
+    started = time.perf_counter()
+    raw = raw_signals(parsed, SenderFacts())
+
+    assert time.perf_counter() - started < 0.5
+    assert raw["link_text_mismatch"] == 0
+
+
+def test_link_to_a_host_browsers_refuse_has_no_domain_to_count():
+    html = '<a href="http://bank.example.com%40evil.example.net/">bank.example.com</a>'
+    parsed = parse_message(make_message("Notice", html, html=True))
+    raw = raw_signals(parsed, SenderFacts())
+
+    assert raw["link_domain_count"] == 0
+    assert raw["link_obfuscated_host"] == 1

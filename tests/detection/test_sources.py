@@ -84,7 +84,7 @@ def test_maildir_reads_cur_and_new_and_skips_tmp(tmp_path):
     messages = list(iter_messages(box))
 
     assert [m.id for m in messages] == [
-        "Maildir:cur/1700000000.1.host",
+        "Maildir:cur/1700000000.1.host:2,S",
         "Maildir:new/1700000001.2.host",
     ]
 
@@ -300,3 +300,157 @@ def test_not_an_archive_raises_at_once(tmp_path):
 def test_text_records_flag_rejects_wrong_type(tmp_path):
     with pytest.raises(TypeError, match="text_records must be None, True or False, got 'yes'"):
         iter_messages(tmp_path, text_records="yes")
+
+
+# tar archives that tarfile stops reading without an error
+def _three_member_tar(tmp_path: Path) -> tuple[bytes, int]:
+    """An uncompressed 3-member tar and the offset of member 2's header."""
+    path = _tar(tmp_path / "three.tar", {f"{i}.eml": _mail(i) for i in (1, 2, 3)}, "w")
+    with tarfile.open(path) as archive:
+        offset = archive.getmembers()[1].offset
+    return path.read_bytes(), offset
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data, at: data[:at] + b"\xff" * 100 + data[at + 100 :],  # a bad checksum
+        lambda data, at: data[: at + 200],  # truncated inside the header
+        lambda data, at: data[:at] + b"\x00" * 512 + data[at + 512 :],  # a zeroed header
+    ],
+    ids=["damaged", "truncated", "zeroed"],
+)
+def test_tar_that_stops_at_a_damaged_member_header_raises_after_member_one(tmp_path, damage):
+    data, at = _three_member_tar(tmp_path)
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(damage(data, at))
+
+    seen = []
+    with pytest.raises(SourceError, match=r"broken\.tar.*offset \d+.*corrupt or truncated"):
+        for message in iter_messages(broken):
+            seen.append(message.id)
+
+    assert seen == ["broken.tar:1.eml"]
+
+
+def test_tar_with_zero_padding_after_the_end_marker_reads_cleanly(tmp_path):
+    data, _ = _three_member_tar(tmp_path)
+    padded = tmp_path / "padded.tar"
+    padded.write_bytes(data + b"\x00" * 20480)
+
+    assert len(list(iter_messages(padded))) == 3
+
+
+# archives inside archives
+def test_archive_inside_an_archive_is_read_with_both_names_in_the_ids(tmp_path):
+    inner = _tar(tmp_path / "inner.tar.gz", {"x/a.eml": _mail(1)}, "w:gz").read_bytes()
+    outer = _tar(tmp_path / "outer.tar", {"in/inner.tar.gz": inner, "b.eml": _mail(2)}, "w")
+
+    messages = list(iter_messages(outer))
+
+    assert [m.id for m in messages] == ["outer.tar:in/inner.tar.gz:x/a.eml", "outer.tar:b.eml"]
+    assert _subjects(messages) == ["Subject 1", "Subject 2"]
+
+
+def test_archives_nested_deeper_than_the_limit_are_skipped_and_counted(tmp_path):
+    data = _tar(tmp_path / "l4.tar", {"deep.eml": _mail(4)}, "w").read_bytes()
+    for level in (3, 2):
+        data = _tar(tmp_path / f"l{level}.tar", {f"l{level + 1}.tar": data}, "w").read_bytes()
+    outer = _tar(tmp_path / "l1.tar", {"l2.tar": data, "top.eml": _mail(1)}, "w")
+    stats = SourceStats()
+
+    messages = list(iter_messages(outer, stats=stats))
+
+    assert [m.id for m in messages] == ["l1.tar:top.eml"]
+    assert stats.skipped == 1
+
+
+# mbox line endings and leading bytes
+def test_mbox_with_cr_only_line_endings_is_split(tmp_path):
+    path = tmp_path / "mac.mbox"
+    path.write_bytes(_mbox(_mail(1), _mail(2)).replace(b"\n", b"\r"))
+
+    messages = list(iter_messages(path))
+
+    assert _subjects(messages) == ["Subject 1", "Subject 2"]
+    assert messages[0].data == split_mbox(_mbox(_mail(1), _mail(2)))[0][2]
+
+
+@pytest.mark.parametrize("lead", [b"\xef\xbb\xbf", b"\n\n", b"\xef\xbb\xbf\r\n \n"])
+def test_mbox_with_a_byte_order_mark_or_blank_lines_first_is_split(tmp_path, lead):
+    path = tmp_path / "lead.mbox"
+    path.write_bytes(lead + _mbox(_mail(1), _mail(2)))
+
+    messages = list(iter_messages(path))
+
+    assert [m.id for m in messages] == ["lead.mbox#0", "lead.mbox#1"]
+    assert _subjects(messages) == ["Subject 1", "Subject 2"]
+
+
+# directory trees
+def test_fifo_in_a_directory_is_skipped_and_counted_without_blocking(tmp_path):
+    import os
+
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.eml").write_bytes(_mail(1))
+    os.mkfifo(root / "b.pipe")
+    (root / "c.eml").write_bytes(_mail(2))
+    stats = SourceStats()
+
+    messages = list(iter_messages(root, stats=stats))
+
+    assert [m.id for m in messages] == ["tree:a.eml", "tree:c.eml"]
+    assert stats.skipped == 1
+
+
+def test_maildir_ids_keep_the_flags_so_two_flag_variants_stay_distinct(tmp_path):
+    box = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True)
+    (box / "cur" / "1700000000.x:2,S").write_bytes(_mail(1))
+    (box / "cur" / "1700000000.x:2,RS").write_bytes(_mail(2))
+
+    ids = [m.id for m in iter_messages(box)]
+
+    assert ids == ["Maildir:cur/1700000000.x:2,RS", "Maildir:cur/1700000000.x:2,S"]
+
+
+def test_unreadable_files_in_a_tree_become_error_messages_and_reading_goes_on(tmp_path):
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.eml").write_bytes(_mail(1))
+    (root / "b.eml").symlink_to(tmp_path / "gone.eml")
+    (root / "c.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    good = _tar(tmp_path / "d.tar.gz", {f"{i}.eml": _mail(i) for i in range(20)}, "w:gz")
+    (root / "d.tar.gz").write_bytes(good.read_bytes()[:600])
+    (root / "e.eml").write_bytes(_mail(2))
+    stats = SourceStats()
+
+    messages = list(iter_messages(root, stats=stats))
+
+    failed = {m.id: m.error for m in messages if m.error}
+    assert [m.id for m in messages if not m.error][0] == "tree:a.eml"
+    assert [m.id for m in messages][-1] == "tree:e.eml"
+    assert set(failed) == {"tree:b.eml", "tree:c.tar.gz", "tree:d.tar.gz"}
+    assert "b.eml" in failed["tree:b.eml"] and "dangling symbolic link" in failed["tree:b.eml"]
+    assert "not a readable tar archive" in failed["tree:c.tar.gz"]
+    assert "corrupt or truncated" in failed["tree:d.tar.gz"]
+    assert all(m.data == b"" for m in messages if m.error)
+    assert [m.index for m in messages] == list(range(len(messages)))
+    assert (stats.read, stats.failed) == (len(messages) - 3, 3)
+
+
+def test_symlinked_directories_are_followed_once_each(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "x.eml").write_bytes(_mail(1))
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a").symlink_to(real, target_is_directory=True)
+    (root / "b").symlink_to(real, target_is_directory=True)
+    (real / "loop").symlink_to(root, target_is_directory=True)
+
+    ids = [m.id for m in iter_messages(root)]
+
+    assert ids == ["tree:a/x.eml"]

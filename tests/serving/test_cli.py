@@ -1,7 +1,15 @@
 import json
+import logging
+
+import pytest
 
 from serving.cli import main
 from tests.model_fixtures import synthetic_raw_messages, tiny_model_version
+
+
+@pytest.fixture(autouse=True)
+def _info_logs(caplog):
+    caplog.set_level(logging.INFO, logger="bulwark")
 
 
 def _write_mail_dir(tmp_path, count=4):
@@ -59,10 +67,81 @@ def test_standard_input_is_a_source(tmp_path, monkeypatch):
     assert line["error"] is None and line["index"] == 0
 
 
-def test_missing_source_is_an_error_naming_it(tmp_path, capsys):
-    import pytest
+def _summary(caplog) -> dict:
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary: ")]
+    return json.loads(line.removeprefix("summary: "))
 
+
+def test_missing_source_is_an_error_naming_it(tmp_path, caplog):
     _, version_dir = tiny_model_version()
     missing = tmp_path / "nowhere"
-    with pytest.raises(Exception, match="nowhere"):
-        main(["score", str(missing), "--model", str(version_dir)])
+
+    status = main(["score", str(missing), "--model", str(version_dir)])
+
+    assert status == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "nowhere" in errors[0] and "no such file or directory" in errors[0]
+    assert _summary(caplog) == {"read": 0, "scored": 0, "failed": 0}
+
+
+def test_missing_model_is_an_error_naming_it(tmp_path, caplog):
+    folder = _write_mail_dir(tmp_path, count=1)
+    missing = tmp_path / "no-model"
+
+    status = main(["score", str(folder), "--model", str(missing)])
+
+    assert status == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "no-model" in errors[0] and "does not exist" in errors[0]
+    assert _summary(caplog) == {"read": 0, "scored": 0, "failed": 0}
+
+
+def test_model_directory_that_will_not_load_is_an_error_naming_it(tmp_path, caplog):
+    folder = _write_mail_dir(tmp_path, count=1)
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+
+    assert main(["score", str(folder), "--model", str(empty)]) == 2
+
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "empty-model" in errors[0] and "could not be loaded" in errors[0]
+
+
+def test_unreadable_file_in_a_tree_gets_an_error_line_and_the_run_goes_on(tmp_path, caplog):
+    _, version_dir = tiny_model_version()
+    folder = _write_mail_dir(tmp_path, count=2)
+    (folder / "001b.eml").symlink_to(tmp_path / "gone.eml")
+    output = tmp_path / "verdicts.jsonl"
+
+    status = main(["score", str(folder), "--model", str(version_dir), "--output", str(output)])
+
+    lines = _lines(output)
+    assert status == 0
+    assert [line["id"] for line in lines] == ["mail:000.eml", "mail:001.eml", "mail:001b.eml"]
+    assert [line["index"] for line in lines] == [0, 1, 2]
+    assert lines[2]["verdict"] is None and "dangling symbolic link" in lines[2]["error"]
+    assert all(line["error"] is None for line in lines[:2])
+    assert _summary(caplog) == {"read": 3, "scored": 2, "failed": 1}
+
+
+def test_source_breaking_midway_scores_what_was_read_then_exits_2(tmp_path, caplog):
+    import io
+    import tarfile
+
+    _, version_dir = tiny_model_version()
+    archive = tmp_path / "mail.tar"
+    with tarfile.open(archive, "w") as tar:
+        for message, _ in synthetic_raw_messages(3, seed=5):
+            info = tarfile.TarInfo(f"{message.index}.eml")
+            info.size = len(message.data)
+            tar.addfile(info, io.BytesIO(message.data))
+    with tarfile.open(archive) as tar:
+        cut = tar.getmembers()[2].offset + 100
+    archive.write_bytes(archive.read_bytes()[:cut])
+    output = tmp_path / "verdicts.jsonl"
+
+    status = main(["score", str(archive), "--model", str(version_dir), "--output", str(output)])
+
+    assert status == 2
+    assert [line["id"] for line in _lines(output)] == ["mail.tar:0.eml", "mail.tar:1.eml"]
+    assert _summary(caplog) == {"read": 2, "scored": 2, "failed": 0}

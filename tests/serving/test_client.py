@@ -73,6 +73,16 @@ def test_an_unreachable_server_gives_error_verdicts_not_exceptions(protocol):
     assert all(v.error and v.verdict is None for v in verdicts)
 
 
+@pytest.mark.server
+def test_a_message_the_source_could_not_read_keeps_its_error_and_is_not_sent(client):
+    unreadable = RawMessage("dir:broken.eml", "dir", 1, b"", error="dir: broken.eml: dangling link")
+    verdicts = list(client.score_messages([message(0, "Hello"), unreadable, message(2, "Hi")]))
+
+    assert [v.index for v in verdicts] == [0, 1, 2]
+    assert verdicts[1].error == "dir: broken.eml: dangling link"
+    assert verdicts[0].error is None and verdicts[2].error is None
+
+
 # with a server
 
 
