@@ -30,6 +30,9 @@ from detection.signals import MESSAGE_SIGNALS, REGISTRY
 from detection.tensors import CLASS_NAMES
 
 VERDICTS = CLASS_NAMES
+# scores in Verdict lines are rounded to this many decimals on every path: the server
+# sends them as 32-bit floats, which hold about seven significant digits
+SCORE_DECIMALS = 6
 
 # signals whose firing counts as evidence of an attack, mapped to a category
 _CATEGORY_EVIDENCE = (

@@ -282,7 +282,7 @@ def _defect_signal(kind: str) -> Signal:
     return Signal(
         f"defect_{kind}",
         "message",
-        f"the parser recorded a {kind.replace('_', ' ')} defect",
+        f"parse defect: {kind.replace('_', ' ')}",
         1.0,
         lambda m, k=kind: float(m.defects.get(k, 0) > 0),
     )

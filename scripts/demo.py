@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,7 +78,12 @@ def score_slice(server: TritonServer, scorer: Scorer, slice_, protocol_urls) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpora", type=Path, default=ROOT.parent / "shared" / "corpora")
+    parser.add_argument(
+        "--corpora",
+        type=Path,
+        default=Path(os.environ.get("BULWARK_CORPORA", ROOT.parent / "shared" / "corpora")),
+        help="folder of corpus archives (default: $BULWARK_CORPORA or ../shared/corpora)",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")

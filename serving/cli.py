@@ -70,6 +70,9 @@ def in_process_scoring(
         raise SetupError(str(error)) from error
     if not model_dir.is_dir():
         raise SetupError(f"model directory {str(model_dir)!r} does not exist")
+    for option, path in (("--history", history), ("--directory", directory)):
+        if path and not Path(path).is_file():
+            raise SetupError(f"{option} file {str(path)!r} does not exist")
     try:
         scorer = Scorer.load(model_dir, history_path=history, directory_path=directory)
     except Exception as error:  # noqa: BLE001 - any load failure ends the run with one line
@@ -136,6 +139,7 @@ def run_score(args: argparse.Namespace) -> int:
     try:
         messages = iter_messages(args.source, text_records=args.text_records or None)
         if args.server:
+            _warn_server_side_options(args)
             score = server_scoring(args.server, args.org, args.concurrency)
         else:
             score = in_process_scoring(args.model, args.org, args.history, args.directory)
@@ -154,7 +158,23 @@ def run_score(args: argparse.Namespace) -> int:
         except SourceError as error:
             logger.error("source stopped early: %s", error)
             status = 2
+    if status == 0 and counts["failed"] and not counts["scored"]:
+        status = 1  # every message failed: the run as a whole did not work
     return _summary(counts, status)
+
+
+def _warn_server_side_options(args: argparse.Namespace) -> None:
+    """History and directory are read by the server, not sent with each request."""
+    from serving.scorer import DIRECTORY_ENV, HISTORY_ENV
+
+    for option, value, variable in (
+        ("--history", args.history, HISTORY_ENV),
+        ("--directory", args.directory, DIRECTORY_ENV),
+    ):
+        if value:
+            logger.warning(
+                "%s is ignored with --server: the server reads it from %s", option, variable
+            )
 
 
 def _output(path: Path | None) -> AbstractContextManager[TextIO]:

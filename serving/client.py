@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from detection.decision import Verdict
+from detection.decision import SCORE_DECIMALS, Verdict
 from detection.tensors import CATEGORY, MESSAGE_KIND, ORG_ID, RAW_MESSAGE, REASONS, SCORE, VERDICT
 
 if TYPE_CHECKING:
@@ -45,9 +45,6 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("http", "grpc")
 OUTPUT_NAMES = (VERDICT.name, CATEGORY.name, SCORE.name, REASONS.name)
-# Decision.score carries 6 decimals; FP32 on the wire keeps 7 significant digits, so
-# rounding back to 6 gives the in-process value exactly
-SCORE_DECIMALS = 6
 
 
 def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm.auto import tqdm
 
-from detection.decision import Decision, DecisionPolicy, Verdict, decide
+from detection.decision import SCORE_DECIMALS, Decision, DecisionPolicy, Verdict, decide
 from detection.directory import Directory, load_directory
 from detection.encoding import encode_batch, load_tokenizer
 from detection.features import EMPTY_DIRECTORY, Features, extract_features
@@ -183,6 +183,6 @@ def to_verdict(message: RawMessage, result: Decision | Exception) -> Verdict:
         message.index,
         result.verdict,
         result.category,
-        result.score,
+        round(result.score, SCORE_DECIMALS),
         result.reasons,
     )

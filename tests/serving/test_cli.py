@@ -145,3 +145,27 @@ def test_source_breaking_midway_scores_what_was_read_then_exits_2(tmp_path, capl
     assert status == 2
     assert [line["id"] for line in _lines(output)] == ["mail.tar:0.eml", "mail.tar:1.eml"]
     assert _summary(caplog) == {"read": 2, "scored": 2, "failed": 0}
+
+
+def test_a_mistyped_history_file_is_an_error_not_a_new_empty_history(tmp_path):
+    _, version_dir = tiny_model_version()
+    folder = _write_mail_dir(tmp_path, count=1)
+    missing = tmp_path / "no-such-history.sqlite"
+
+    status = main(["score", str(folder), "--model", str(version_dir), "--history", str(missing)])
+
+    assert status == 2
+    assert not missing.exists()
+
+
+def test_a_run_in_which_every_message_failed_exits_non_zero(tmp_path):
+    from serving.server import free_ports
+
+    folder = _write_mail_dir(tmp_path, count=2)
+    dead = f"grpc://127.0.0.1:{free_ports(1)[0]}"
+    output = tmp_path / "verdicts.jsonl"
+
+    status = main(["score", str(folder), "--server", dead, "--output", str(output)])
+
+    assert status == 1
+    assert all(line["error"] for line in _lines(output))

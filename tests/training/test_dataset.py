@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import time
 from datetime import datetime, timedelta, timezone
@@ -25,7 +26,10 @@ from training.dataset import (
 
 T0 = datetime(2002, 3, 1, 9, 0, tzinfo=timezone.utc)
 SEEN = SIGNAL_NAMES.index("sender_seen_before")
-REAL_CORPORA = Path(__file__).parents[2].parent / "shared" / "corpora"
+# the public corpora: ../shared/corpora beside the repository, or $BULWARK_CORPORA
+REAL_CORPORA = Path(
+    os.environ.get("BULWARK_CORPORA", Path(__file__).parents[2].parent / "shared" / "corpora")
+)
 RECEIVER = "Received: from mx.example.net by mail.example.org\n\tfor <bob@example.org>; Fri\n"
 
 
