@@ -868,28 +868,35 @@ class _Reader:
         self.linked_images += views.linked_image_count
 
 
-def _split_multipart(body: bytes, boundary: str) -> list[bytes] | None:
-    """The parts between boundary lines, or None if no boundary line is present."""
+def part_spans(body: bytes, boundary: str) -> list[tuple[int, int]]:
+    """(start, end) of each part between boundary lines: the one rule for where the
+    parts of a multipart body are, shared with detection/sanitize.py. Empty when no
+    boundary line is present."""
     if not boundary:
-        return None
+        return []
     delimiter = re.compile(
         rb"^--" + re.escape(boundary.encode("utf-8", "replace")) + rb"(--)?[ \t]*\r?$", re.MULTILINE
     )
-    parts = []
+    spans = []
     start = None
     for match in delimiter.finditer(body):
         if start is not None:
             end = match.start()
             end -= 2 if body[end - 2 : end] == b"\r\n" else 1 if body[end - 1 : end] == b"\n" else 0
-            parts.append(body[start : max(start, end)])
+            spans.append((start, max(start, end)))
         if match.group(1):
             start = None
             break
         newline = body.find(b"\n", match.end())
         start = len(body) if newline < 0 else newline + 1
     if start is not None:
-        parts.append(body[start:])
-    return parts or None
+        spans.append((start, len(body)))
+    return spans
+
+
+def _split_multipart(body: bytes, boundary: str) -> list[bytes] | None:
+    """The parts between boundary lines, or None if no boundary line is present."""
+    return [body[start:end] for start, end in part_spans(body, boundary)] or None
 
 
 # entry points

@@ -65,7 +65,7 @@ from email.policy import compat32
 from email.utils import formataddr, getaddresses
 from functools import lru_cache, partial
 
-from detection.parsing import HEADER_BLOCK, split_head
+from detection.parsing import HEADER_BLOCK, part_spans, split_head
 
 logger = logging.getLogger(__name__)
 
@@ -507,27 +507,11 @@ class _PartRewriter:
 
 def _rewrite_multipart(body: bytes, boundary: str, rewrite: Callable[[bytes], bytes]) -> bytes:
     """`body` with each part between boundary lines (as the parser finds them) rewritten."""
-    delimiter = re.compile(
-        rb"^--" + re.escape(boundary.encode("utf-8", "replace")) + rb"(--)?[ \t]*\r?$", re.MULTILINE
-    )
     out: list[bytes] = []
     done = 0
-    start = None
-    for match in delimiter.finditer(body):
-        if start is not None:
-            end = match.start()
-            end -= 2 if body[end - 2 : end] == b"\r\n" else 1 if body[end - 1 : end] == b"\n" else 0
-            end = max(start, end)
-            out += [body[done:start], rewrite(body[start:end])]
-            done = end
-        if match.group(1):
-            start = None
-            break
-        newline = body.find(b"\n", match.end())
-        start = len(body) if newline < 0 else newline + 1
-    if start is not None:
-        out += [body[done:start], rewrite(body[start:])]
-        done = len(body)
+    for start, end in part_spans(body, boundary):
+        out += [body[done:start], rewrite(body[start:end])]
+        done = end
     out.append(body[done:])
     return b"".join(out)
 
