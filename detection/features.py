@@ -18,7 +18,7 @@ from detection.directory import Directory
 from detection.history import SenderHistory
 from detection.parsing import ParsedMessage, parse_raw
 from detection.sanitize import replace_recipients_in_text, sanitize_message
-from detection.signals import REGISTRY, SenderFacts, raw_signals
+from detection.signals import SenderFacts, normalised, raw_signals
 
 EMPTY_DIRECTORY = Directory()
 
@@ -75,8 +75,17 @@ def extract_features(
 ) -> Features:
     parsed = parse_for_model(data, kind)
     when = when or parsed.date
-    facts = history.facts_before(org, parsed, when)
+    return features_of(parsed, history.facts_before(org, parsed, when), when, directory)
+
+
+def features_of(
+    parsed: ParsedMessage,
+    facts: SenderFacts,
+    when: datetime | None,
+    directory: Directory = EMPTY_DIRECTORY,
+) -> Features:
+    """The model's inputs and the detectors' hits for a parsed message, given what the
+    history knew before it (the dataset build calls this with its own history)."""
     raw = raw_signals(parsed, facts)
-    signals = [s.normalise(raw[s.name]) for s in REGISTRY]
     hits = run_detectors(parsed, directory, DetectorContext.from_sender_facts(facts))
-    return Features(parsed, model_text(parsed), signals, raw, when, facts, hits)
+    return Features(parsed, model_text(parsed), normalised(raw), raw, when, facts, hits)

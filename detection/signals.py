@@ -653,7 +653,11 @@ def baseline_signals(facts: SenderFacts) -> dict[str, float]:
     return {s.name: float(s.compute(facts)) for s in BASELINE_SIGNALS}
 
 
+def normalised(raw: dict[str, float]) -> list[float]:
+    """Unscaled values by name to normalised values in `REGISTRY` order."""
+    return [s.normalise(raw[s.name]) for s in REGISTRY]
+
+
 def signal_vector(message: ParsedMessage, facts: SenderFacts) -> list[float]:
     """Normalised values in `REGISTRY` order: the model's tabular input."""
-    raw = raw_signals(message, facts)
-    return [s.normalise(raw[s.name]) for s in REGISTRY]
+    return normalised(raw_signals(message, facts))

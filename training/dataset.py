@@ -64,11 +64,11 @@ from pathlib import Path
 import datasets
 from tqdm.auto import tqdm
 
-from detection.detectors import DetectorContext, Hit, run_detectors
-from detection.features import EMPTY_DIRECTORY, model_text, parse_for_model
+from detection.detectors import Hit
+from detection.features import features_of, model_text, parse_for_model
 from detection.history import SenderHistory
 from detection.parsing import ParsedMessage
-from detection.signals import SIGNAL_NAMES, signal_vector
+from detection.signals import SIGNAL_NAMES
 from detection.sources import RawMessage, SourceStats, iter_messages
 from detection.tensors import CLASS_NAMES
 
@@ -385,9 +385,8 @@ def _add_sender_signals(records: list[_Record], history: SenderHistory) -> None:
     ordered = sorted(records, key=lambda r: (r.org, r.date, r.seq))
     for record in tqdm(ordered, desc="history", unit="msg", disable=None):
         facts = history.facts_before(record.org, record.parsed, record.date)
-        record.signals = signal_vector(record.parsed, facts)
-        context = DetectorContext.from_sender_facts(facts)
-        record.hits = run_detectors(record.parsed, EMPTY_DIRECTORY, context)
+        found = features_of(record.parsed, facts, record.date)
+        record.signals, record.hits = found.signals, found.hits
         if record.label == "safe":
             history.record(record.org, record.parsed, record.date)
     history.commit()
