@@ -30,7 +30,7 @@ from serving.scorer import HISTORY_ENV, Scorer  # noqa: E402
 from serving.server import TritonServer  # noqa: E402
 from training.config import PRESETS, TrainConfig  # noqa: E402
 from training.dataset import DatasetConfig, build_dataset, load_dataset_dict  # noqa: E402
-from training.pipeline import train_and_publish  # noqa: E402
+from training.pipeline import StageTimer, train_and_publish  # noqa: E402
 
 logger = logging.getLogger("demo")
 
@@ -50,7 +50,7 @@ def held_out_slice(test, per_source: int, seed: int = 0) -> list[tuple[RawMessag
     ]
 
 
-def score_slice(server: TritonServer, scorer: Scorer, slice_, protocol_urls) -> dict:
+def score_slice(scorer: Scorer, slice_, protocol_urls) -> dict:
     figures: dict = {}
     local = {m.id: v for m, org in slice_ for v in scorer.score([m], org=org)}
     for protocol, url in protocol_urls:
@@ -101,24 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     seconds: dict[str, float] = {}
 
-    stage = time.monotonic()
     dataset_dir = args.workdir / "dataset"
-    build_dataset(args.corpora, dataset_dir, DatasetConfig())
-    data, fingerprint = load_dataset_dict(dataset_dir)
-    seconds["dataset"] = round(time.monotonic() - stage, 1)
+    with StageTimer(seconds, "dataset"):
+        build_dataset(args.corpora, dataset_dir, DatasetConfig())
+        data, fingerprint = load_dataset_dict(dataset_dir)
 
     result = train_and_publish(data, fingerprint, args.workdir, args.repository, config)
     seconds.update(result.stage_seconds)
 
-    stage = time.monotonic()
-    slice_ = held_out_slice(data["test"], args.slice_per_source)
-    history = (dataset_dir / "history.sqlite").resolve()  # the server runs in its own folder
-    scorer = Scorer.load(result.version_dir, history_path=history)
-    with TritonServer(args.repository, env={HISTORY_ENV: str(history)}) as server:
-        serving = score_slice(
-            server, scorer, slice_, [("http", server.http_url), ("grpc", server.grpc_url)]
-        )
-    seconds["serve_and_score"] = round(time.monotonic() - stage, 1)
+    with StageTimer(seconds, "serve_and_score"):
+        slice_ = held_out_slice(data["test"], args.slice_per_source)
+        history = (dataset_dir / "history.sqlite").resolve()  # the server runs elsewhere
+        scorer = Scorer.load(result.version_dir, history_path=history)
+        with TritonServer(args.repository, env={HISTORY_ENV: str(history)}) as server:
+            urls = [("http", server.http_url), ("grpc", server.grpc_url)]
+            serving = score_slice(scorer, slice_, urls)
     seconds["total"] = round(time.monotonic() - started, 1)
 
     summary = {

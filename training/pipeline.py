@@ -48,7 +48,9 @@ class PipelineResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-class _Timer:
+class StageTimer:
+    """`with StageTimer(seconds, "train"):` logs the stage and records its seconds."""
+
     def __init__(self, seconds: dict[str, float], stage: str) -> None:
         self.seconds, self.stage = seconds, stage
 
@@ -72,14 +74,14 @@ def train_and_publish(
     seconds: dict[str, float] = {}
     checkpoint, staging = workdir / "checkpoint", workdir / "staging"
 
-    with _Timer(seconds, "train"):
+    with StageTimer(seconds, "train"):
         train(train_config, data, checkpoint, fingerprint)
 
-    with _Timer(seconds, "export"):
+    with StageTimer(seconds, "export"):
         parity = data["validation"].select(range(min(PARITY_MESSAGES, len(data["validation"]))))
         export_onnx(checkpoint, staging, list(zip(parity["text"], parity["signals"], strict=True)))
 
-    with _Timer(seconds, "evaluate"):
+    with StageTimer(seconds, "evaluate"):
         model = OnnxFusion(staging)
         probabilities = {
             split: model.probabilities(
@@ -111,7 +113,7 @@ def train_and_publish(
         ]
         write_report(reports, workdir / "reports")
 
-    with _Timer(seconds, "publish"):
+    with StageTimer(seconds, "publish"):
         extra = {"evaluation": reports, "operating_fpr": config.operating_fpr}
         version_dir = publish_version(staging, repository, policy, extra)
     return PipelineResult(version_dir, reports, seconds)
