@@ -43,17 +43,6 @@ class SetupError(Exception):
 Scoring = Callable[[Iterable[RawMessage]], Iterator[Verdict]]
 
 
-def _chunks(messages: Iterable[RawMessage], size: int) -> Iterator[list[RawMessage]]:
-    chunk: list[RawMessage] = []
-    for message in messages:
-        chunk.append(message)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def in_process_scoring(
     model: Path | None, org: str, history: str | None, directory: str | None
 ) -> Scoring:
@@ -81,8 +70,7 @@ def in_process_scoring(
         ) from error
 
     def score(messages: Iterable[RawMessage]) -> Iterator[Verdict]:
-        for chunk in _chunks(messages, 32):
-            yield from scorer.score(chunk, org=org)
+        yield from scorer.score_stream(messages, org=org)
 
     return score
 

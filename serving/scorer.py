@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,15 +161,27 @@ class Scorer:
         return results  # type: ignore[return-value]
 
     def score(
-        self, messages: Sequence[RawMessage], org: str = "default", batch_size: int = 32
+        self, messages: Iterable[RawMessage], org: str = "default", batch_size: int = 32
     ) -> list[Verdict]:
-        verdicts: list[Verdict] = []
-        for start in range(0, len(messages), batch_size):
-            chunk = messages[start : start + batch_size]
-            items = [ScoreItem(m.data, org, m.kind) for m in chunk]
-            for message, result in zip(chunk, self.score_batch(items), strict=True):
-                verdicts.append(to_verdict(message, result))
-        return verdicts
+        return list(self.score_stream(messages, org, batch_size))
+
+    def score_stream(
+        self, messages: Iterable[RawMessage], org: str = "default", batch_size: int = 32
+    ) -> Iterator[Verdict]:
+        """Verdicts in input order, scoring `batch_size` messages at a time as they arrive."""
+        chunk: list[RawMessage] = []
+        for message in messages:
+            chunk.append(message)
+            if len(chunk) == batch_size:
+                yield from self._score_chunk(chunk, org)
+                chunk = []
+        if chunk:
+            yield from self._score_chunk(chunk, org)
+
+    def _score_chunk(self, chunk: list[RawMessage], org: str) -> Iterator[Verdict]:
+        items = [ScoreItem(m.data, org, m.kind) for m in chunk]
+        for message, result in zip(chunk, self.score_batch(items), strict=True):
+            yield to_verdict(message, result)
 
 
 def to_verdict(message: RawMessage, result: Decision | Exception) -> Verdict:
