@@ -18,6 +18,7 @@ output file cannot be opened, or the source breaks midway (one error line says w
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -33,6 +34,10 @@ from detection.sources import RawMessage, SourceError, iter_messages
 logger = logging.getLogger("bulwark")
 
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+
+# Modules that add a subcommand: each has `add_command(commands)`, which adds its
+# parser to the subparsers `commands` and sets `run` to a function(args) -> exit status.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 class SetupError(Exception):
@@ -195,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     score.add_argument("--text-records", action="store_true", help="files are Subject+body records")
     score.set_defaults(run=run_score)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_command(commands)
     return parser
 
 

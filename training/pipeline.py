@@ -19,13 +19,9 @@ import numpy as np
 from datasets import DatasetDict
 
 from serving.scorer import OnnxFusion
+from training.calibration import choose_policy
 from training.config import TrainConfig
-from training.evaluate import (
-    choose_policy,
-    evaluation_report,
-    tfidf_baseline_scores,
-    write_report,
-)
+from training.evaluate import evaluation_report, tfidf_baseline_scores, write_report
 from training.export import export_onnx, publish_version
 from training.train import train
 

@@ -1,13 +1,8 @@
 import numpy as np
 import pytest
 
-from training.evaluate import (
-    choose_policy,
-    evaluation_report,
-    fit_temperature,
-    markdown,
-    recall_at_fpr,
-)
+from training.calibration import choose_policy, fit_temperature
+from training.evaluate import evaluation_report, markdown, recall_at_fpr
 
 
 def test_recall_at_fpr_lets_through_at_most_the_budget_of_safe_mail():
