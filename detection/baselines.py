@@ -13,6 +13,12 @@ Contract:
 - Every identity (address, domain, display name, Message-ID, pair of addresses) is
   stored as a keyed BLAKE2b hash of (organisation, kind, value): nothing in a store,
   its keys or its tables is in clear. Without the key, the store cannot be read.
+  A store given no key reads it from the file `$BULWARK_HISTORY_KEY_FILE` names
+  (`resolve_key`), and only without one falls back to the public `DEFAULT_KEY`.
+- Recipients: the model's text has its recipient addresses replaced by a placeholder
+  (`detection.sanitize`); the addresses sanitize found are passed here as
+  `recipients=` (`detection.features.parse_with_recipients`) and stored only hashed.
+  Without `recipients=`, the parsed To and Cc are used.
 
 The model. All history is a set of *series*, one per hashed key, each a list of rows
 (ts, n, w) where n and w are running totals of the events at or before ts (n counts
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -48,6 +55,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from itertools import combinations
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -59,6 +67,7 @@ from detection.urls import registered_domain
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEY = b"bulwark-default-history-key"
+KEY_FILE_ENV = "BULWARK_HISTORY_KEY_FILE"  # a file holding the deployment's key
 DIRECTIONS = ("inbound", "outbound")
 SCHEMA_VERSION = "baselines-1"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -210,16 +219,22 @@ def record_from_parsed(
     when: datetime | None,
     direction: str = "inbound",
     config: BaselineConfig = DEFAULT_CONFIG,
+    recipients: Iterable[str] | None = None,
 ) -> MailRecord:
+    """The record of a parsed message; `recipients` (the addresses sanitize replaced)
+    stand for the parsed To and Cc when given, which hold only placeholders after
+    sanitising."""
     sender = parsed.from_.address if parsed.from_ is not None else ""
     name = parsed.from_.display_name if parsed.from_ is not None else ""
+    if recipients is None:
+        recipients = (r.address for r in parsed.recipients)
     return make_record(
         org,
         to_micros(when),
         direction,
         sender,
         name,
-        (r.address for r in parsed.recipients),
+        recipients,
         parsed.message_id,
         parsed.in_reply_to,
         parsed.references,
@@ -228,6 +243,34 @@ def record_from_parsed(
 
 
 # keyed hashing
+
+
+def read_key_file(path: str | Path) -> bytes:
+    """The key a file holds (its bytes, surrounding white space stripped).
+
+    Raises ValueError naming the file when it cannot be read or the key is not 16 to
+    64 bytes (`head -c 32 /dev/urandom | base64 > tenant.key` makes a good one).
+    """
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as error:
+        raise ValueError(
+            f"history key file {str(path)!r} cannot be read ({error.strerror})"
+        ) from error
+    if not 16 <= len(key) <= 64:
+        raise ValueError(
+            f"history key file {str(path)!r} must hold a key of 16 to 64 bytes, got {len(key)}"
+        )
+    return key
+
+
+def resolve_key(key: bytes | None = None) -> bytes:
+    """`key` itself; else the key in the file `$BULWARK_HISTORY_KEY_FILE` names; else
+    the public `DEFAULT_KEY`. Raises ValueError when the variable names a bad file."""
+    if key is not None:
+        return key
+    path = os.environ.get(KEY_FILE_ENV)
+    return read_key_file(path) if path else DEFAULT_KEY
 
 
 class Keyer:
@@ -528,12 +571,28 @@ class BaselineStore(Protocol):
     """What scoring and training need from a baseline store (see the module contract)."""
 
     def facts_before(
-        self, org: str, parsed: ParsedMessage, when: datetime | None
+        self,
+        org: str,
+        parsed: ParsedMessage,
+        when: datetime | None,
+        recipients: Sequence[str] | None = None,
     ) -> SenderFacts: ...
 
-    def record(self, org: str, parsed: ParsedMessage, when: datetime | None) -> None: ...
+    def record(
+        self,
+        org: str,
+        parsed: ParsedMessage,
+        when: datetime | None,
+        recipients: Sequence[str] | None = None,
+    ) -> None: ...
 
-    def record_outbound(self, org: str, parsed: ParsedMessage, when: datetime | None) -> None: ...
+    def record_outbound(
+        self,
+        org: str,
+        parsed: ParsedMessage,
+        when: datetime | None,
+        recipients: Sequence[str] | None = None,
+    ) -> None: ...
 
     def commit(self) -> None: ...
 
@@ -541,7 +600,12 @@ class BaselineStore(Protocol):
 
 
 def observe(
-    store: BaselineStore, org: str, parsed: ParsedMessage, when: datetime | None, verdict: str
+    store: BaselineStore,
+    org: str,
+    parsed: ParsedMessage,
+    when: datetime | None,
+    verdict: str,
+    recipients: Sequence[str] | None = None,
 ) -> bool:
     """After a verdict: record the message if, and only if, it was judged "safe".
 
@@ -549,7 +613,7 @@ def observe(
     """
     if verdict != "safe":
         return False
-    store.record(org, parsed, when)
+    store.record(org, parsed, when, recipients)
     return True
 
 
@@ -563,6 +627,7 @@ class _SQLStore:
             raise ValueError(f"config must be a BaselineConfig, got {type(config).__name__}")
         self.config = config
         self._keyer = Keyer(key)
+        self.default_key = key == DEFAULT_KEY
         self._autocommit = autocommit
         self._lock = threading.Lock()
         # a sender domain's query variants are the same for every message from it
@@ -591,8 +656,16 @@ class _SQLStore:
             self._end_read()
         return assemble_facts(rec, answers, distance, self.config)
 
-    def facts_before(self, org: str, parsed: ParsedMessage, when: datetime | None) -> SenderFacts:
-        return self.facts_for(record_from_parsed(org, parsed, when, "inbound", self.config))
+    def facts_before(
+        self,
+        org: str,
+        parsed: ParsedMessage,
+        when: datetime | None,
+        recipients: Sequence[str] | None = None,
+    ) -> SenderFacts:
+        """What the history knew strictly before `when` (see the module contract)."""
+        rec = record_from_parsed(org, parsed, when, "inbound", self.config, recipients)
+        return self.facts_for(rec)
 
     def _label_variants(self, org: str, domain: str) -> tuple[int, dict, str]:
         length, query = label_variants(org, domain, self._keyer, self.config)
@@ -611,13 +684,27 @@ class _SQLStore:
         return nearest_distance(length, index, matches, self.config.lookalike_max_distance)
 
     # writing
-    def record(self, org: str, parsed: ParsedMessage, when: datetime | None) -> None:
+    def record(
+        self,
+        org: str,
+        parsed: ParsedMessage,
+        when: datetime | None,
+        recipients: Sequence[str] | None = None,
+    ) -> None:
         """Count an inbound message judged safe (never call it for flagged mail)."""
-        self.record_mail(record_from_parsed(org, parsed, when, "inbound", self.config))
+        rec = record_from_parsed(org, parsed, when, "inbound", self.config, recipients)
+        self.record_mail(rec)
 
-    def record_outbound(self, org: str, parsed: ParsedMessage, when: datetime | None) -> None:
+    def record_outbound(
+        self,
+        org: str,
+        parsed: ParsedMessage,
+        when: datetime | None,
+        recipients: Sequence[str] | None = None,
+    ) -> None:
         """Count a message the organisation sent (its recipients become correspondents)."""
-        self.record_mail(record_from_parsed(org, parsed, when, "outbound", self.config))
+        rec = record_from_parsed(org, parsed, when, "outbound", self.config, recipients)
+        self.record_mail(rec)
 
     def record_mail(self, rec: MailRecord) -> None:
         plan = record_plan(rec, self._keyer)
@@ -751,24 +838,28 @@ class SQLiteBaselineStore(_SQLStore):
 
     `autocommit=False` leaves each `record` uncommitted until `commit()` (bulk builds).
     A file is memory-mapped up to `mmap_mb` and cached up to `cache_mb` (address space
-    and page cache, not private memory). Raises ValueError when an existing file was
-    written with another key.
+    and page cache, not private memory). `key` None: `resolve_key()`. Raises
+    ValueError when an existing file was written with another key.
     """
 
     def __init__(
         self,
         path: str = ":memory:",
-        key: bytes = DEFAULT_KEY,
+        key: bytes | None = None,
         autocommit: bool = True,
         config: BaselineConfig = DEFAULT_CONFIG,
         cache_mb: int = 64,
         mmap_mb: int = 4096,
     ) -> None:
-        super().__init__(key, config, autocommit)
+        super().__init__(resolve_key(key), config, autocommit)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         if str(path) != ":memory:":
-            if key == DEFAULT_KEY:
-                logger.warning("baseline file hashed with the public default key: pass key=")
+            if self.default_key:
+                logger.warning(
+                    "baseline file hashed with the public default key: set %s to a key file "
+                    "(or pass key=)",
+                    KEY_FILE_ENV,
+                )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             # lookups touch a few hundred pages: map the file rather than read it page by page
@@ -868,8 +959,9 @@ class PostgresBaselineStore(_SQLStore):
     """The shared store: the same tables in one PostgreSQL schema, for several servers.
 
     `dsn` is a libpq connection string; `schema` names the schema the tables live in
-    (created if missing). Writers of one organisation are serialised by a transaction
-    advisory lock, so running totals stay exact when several servers record at once.
+    (created if missing); `key` None: `resolve_key()`. Writers of one organisation
+    are serialised by a transaction advisory lock, so running totals stay exact when
+    several servers record at once.
     Raises ValueError for a schema name that is not a lower-case SQL identifier.
     """
 
@@ -879,7 +971,7 @@ class PostgresBaselineStore(_SQLStore):
         self,
         dsn: str,
         schema: str = "bulwark_baselines",
-        key: bytes = DEFAULT_KEY,
+        key: bytes | None = None,
         autocommit: bool = True,
         config: BaselineConfig = DEFAULT_CONFIG,
         connect_timeout: float = 5.0,
@@ -891,7 +983,7 @@ class PostgresBaselineStore(_SQLStore):
                 f"schema must match {_SCHEMA_NAME.pattern} (a lower-case identifier), "
                 f"got {schema!r}"
             )
-        super().__init__(key, config, autocommit)
+        super().__init__(resolve_key(key), config, autocommit)
         self.schema = schema
         self._db = psycopg.connect(dsn, connect_timeout=int(connect_timeout), autocommit=False)
         with self._db.transaction():
@@ -984,9 +1076,9 @@ class TableBuilder:
     `load`. The result equals recording the same messages one by one in time order.
     """
 
-    def __init__(self, key: bytes = DEFAULT_KEY, config: BaselineConfig = DEFAULT_CONFIG) -> None:
+    def __init__(self, key: bytes | None = None, config: BaselineConfig = DEFAULT_CONFIG) -> None:
         self.config = config
-        self._keyer = Keyer(key)
+        self._keyer = Keyer(resolve_key(key))
         self._ids: dict[bytes, int] = {}
         self._key_of: list[bytes] = []
         self._key = array("q")

@@ -52,6 +52,7 @@ MAX_LINKS_COMPARED = 50  # distinct link domains compared with the directory per
 MAX_WORDING_TEXT = 20_000  # characters of subject and visible text searched for wording
 MAX_PHONE_TEXT = 20_000  # characters searched for phone numbers
 _SHOWN = 80  # characters of a name or phrase quoted in a reason
+SEEN_DOMAIN_WEIGHT = 0.6  # a From lookalike's weight when history has safe mail from it
 _KIND_NAMES = {"own": "own domain", "partner": "partner", "vendor": "vendor"}
 
 
@@ -315,8 +316,12 @@ def _colleague_impersonation(view: _View) -> tuple[float, str] | None:
 # lookalike domains
 def _lookalike_domain(view: _View) -> tuple[float, str] | None:
     """From, Reply-To, Return-Path and link domains imitating a directory domain."""
+    # a domain the organisation already has safe mail from is more likely a namesake
+    # (another company on another TLD) than a fresh lookalike: only the strongest
+    # techniques (homoglyphs, swaps) still fire from it
+    sender_weight = SEEN_DOMAIN_WEIGHT if view.context.sender_domain_seen_before else 1.0
     found = [
-        ("From", view.sender_lookalike, 1.0),
+        ("From", view.sender_lookalike, sender_weight),
         ("Reply-To", view.reply_to_lookalike, 1.0),
         ("Return-Path", view.lookalike(_address_domain(view.parsed.return_path)), 0.9),
         *(("link", match, 0.9) for _, match in view.link_lookalikes),

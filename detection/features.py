@@ -4,7 +4,13 @@ Contract: `extract_features(data, kind, org, history, when, directory)` sanitize
 raw bytes (rfc822 only), parses them, reads the sender's history as it stood strictly
 before the message, runs the detectors against the organisation's directory, and
 returns the model text, the normalised signal vector, the raw signal values and the
-detectors' hits. Training, the in-process scorer, the Triton model and batch
+detectors' hits.
+
+Recipients: the text the model and the message signals read has every recipient
+address replaced by a placeholder; the addresses themselves (`Features.recipients`,
+from `parse_with_recipients`) go only to the history store, which keys them by keyed
+hash, so the recipient signals see who the message was for without any address
+reaching the model in clear. Training, the in-process scorer, the Triton model and batch
 rescoring all call it, so a message gets the same inputs everywhere.
 """
 
@@ -17,7 +23,7 @@ from detection.detectors import DetectorContext, Hit, run_detectors
 from detection.directory import Directory
 from detection.history import SenderHistory
 from detection.parsing import ParsedMessage, parse_raw
-from detection.sanitize import replace_recipients_in_text, sanitize_message
+from detection.sanitize import replace_recipients_in_text, sanitize_with_recipients
 from detection.signals import SenderFacts, normalised, raw_signals
 
 EMPTY_DIRECTORY = Directory()
@@ -32,6 +38,7 @@ class Features:
     when: datetime | None
     facts: SenderFacts
     hits: list[Hit]  # detector hits, strongest first
+    recipients: tuple[str, ...] = ()  # lower-case, header order; for the history store only
 
 
 def model_text(parsed: ParsedMessage) -> str:
@@ -47,9 +54,21 @@ def parse_for_model(data: bytes, kind: str = "rfc822") -> ParsedMessage:
     bytes hide (an RFC 2047 word, HTML entities, a charset) have been undone: that
     text is what the model and the signals read.
     """
+    return parse_with_recipients(data, kind)[0]
+
+
+def parse_with_recipients(
+    data: bytes, kind: str = "rfc822"
+) -> tuple[ParsedMessage, tuple[str, ...]]:
+    """`parse_for_model`, plus the recipient addresses sanitize replaced (header order).
+
+    The addresses are for the history store alone (pass them to `facts_before` and
+    `record`); text records have none.
+    """
     if kind != "rfc822":
-        return parse_raw(data, kind)
-    data, recipients = sanitize_message(data)
+        return parse_raw(data, kind), ()
+    data, ordered = sanitize_with_recipients(data)
+    recipients = frozenset(ordered)
     parsed = parse_raw(data, kind)
 
     def clean(text: str) -> str:
@@ -62,7 +81,7 @@ def parse_for_model(data: bytes, kind: str = "rfc822") -> ParsedMessage:
         hidden_text=clean(parsed.hidden_text),
         urls=tuple(replace(u, raw=clean(u.raw), text=clean(u.text)) for u in parsed.urls),
         raw_headers=tuple((name, clean(value)) for name, value in parsed.raw_headers),
-    )
+    ), ordered
 
 
 def extract_features(
@@ -73,9 +92,10 @@ def extract_features(
     when: datetime | None = None,
     directory: Directory = EMPTY_DIRECTORY,
 ) -> Features:
-    parsed = parse_for_model(data, kind)
+    parsed, recipients = parse_with_recipients(data, kind)
     when = when or parsed.date
-    return features_of(parsed, history.facts_before(org, parsed, when), when, directory)
+    facts = history.facts_before(org, parsed, when, recipients=recipients)
+    return features_of(parsed, facts, when, directory, recipients)
 
 
 def features_of(
@@ -83,9 +103,11 @@ def features_of(
     facts: SenderFacts,
     when: datetime | None,
     directory: Directory = EMPTY_DIRECTORY,
+    recipients: tuple[str, ...] = (),
 ) -> Features:
     """The model's inputs and the detectors' hits for a parsed message, given what the
     history knew before it (the dataset build calls this with its own history)."""
     raw = raw_signals(parsed, facts)
     hits = run_detectors(parsed, directory, DetectorContext.from_sender_facts(facts))
-    return Features(parsed, model_text(parsed), normalised(raw), raw, when, facts, hits)
+    text = model_text(parsed)
+    return Features(parsed, text, normalised(raw), raw, when, facts, hits, recipients)

@@ -3,12 +3,13 @@
 Contract: `sanitize_message(data: bytes) -> (bytes, frozenset[str])` takes a raw
 RFC 5322 message and returns the message as its sender wrote it, as nearly as can be
 told, with the recipient addresses it found (lower-case; `parse_for_model` replaces
-them again in the parsed, decoded text). `sanitize(data) -> bytes` is the same without
-the addresses. Training, the server and batch rescoring all call it, identically,
-before parsing. It never raises and it fails closed: when the walk through the MIME
-parts fails, the headers are still cleaned and the recipients replaced in the raw
-bytes (logged at WARNING); only if the header step itself fails does the input come
-back unchanged.
+them again in the parsed, decoded text). `sanitize_with_recipients` returns the same
+addresses as a tuple in header order, for the behavioural baselines, which store them
+only as keyed hashes. `sanitize(data) -> bytes` is the same without the addresses.
+Training, the server and batch rescoring all call it, identically, before parsing.
+It never raises and it fails closed: when the walk through the MIME parts fails, the
+headers are still cleaned and the recipients replaced in the raw bytes (logged at
+WARNING); only if the header step itself fails does the input come back unchanged.
 
 Each corpus arrived through one pipeline, and the receiving side's marks name the
 corpus, not the attack; a model that saw them would learn where mail was collected.
@@ -170,23 +171,35 @@ def sanitize(data: bytes) -> bytes:
 
 def sanitize_message(data: bytes) -> tuple[bytes, frozenset[str]]:
     """(the sanitized message, the recipient addresses found, lower-case); never raises."""
+    data, recipients = sanitize_with_recipients(data)
+    return data, frozenset(recipients)
+
+
+def sanitize_with_recipients(data: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """`sanitize_message` with the recipient addresses in header order; never raises.
+
+    The order is the header order of `RECIPIENT_HEADERS` fields and Received ``for``
+    clauses, without repeats: the behavioural baselines key recipients by keyed hash
+    from this list (and profile the first few), while the text keeps the placeholder.
+    """
     try:
         return _sanitize(data)
     except Exception as exc:  # noqa: BLE001 - sanitising must never stop a message
         logger.warning("sanitize left a message unchanged: %s", type(exc).__name__)
         logger.debug("sanitize failure", exc_info=True)
-        return data, frozenset()
+        return data, ()
 
 
-def _sanitize(data: bytes) -> tuple[bytes, frozenset[str]]:
+def _sanitize(data: bytes) -> tuple[bytes, tuple[str, ...]]:
     prefix, head, separator, body = split_head(data)
     fields = _fields(head)
     if not fields:
-        return data, frozenset()
+        return data, ()
 
     # the facts are read from the headers before any of them is dropped
     is_list = any(name in LIST_HEADERS for name, _ in fields)
-    recipients = frozenset(_recipients(fields))
+    ordered = tuple(_recipients(fields))
+    recipients = frozenset(ordered)
     fields = _unmunge_from(fields, is_list)
     kept = [(name, raw) for name, raw in fields if not _is_stripped(name, raw, is_list)]
     head = replace_recipients(b"".join(raw for _, raw in kept), recipients)
@@ -201,7 +214,7 @@ def _sanitize(data: bytes) -> tuple[bytes, frozenset[str]]:
     except Exception as exc:  # noqa: BLE001 - fail closed: headers and raw bytes are clean
         logger.warning("sanitize kept a message's parts as they were: %s", type(exc).__name__)
         logger.debug("sanitize part walk failure", exc_info=True)
-    return _join(prefix, head, separator, body), recipients
+    return _join(prefix, head, separator, body), ordered
 
 
 # headers

@@ -19,7 +19,14 @@ that is the same on every read of the same source:
   as in Enron-Spam), ``kind="text"``: auto-detected, or forced with
   ``text_records=True`` (``False`` turns the detection off);
 - standard input when the source is ``"-"`` (one message, an mbox or an archive):
-  ``stdin`` or ``stdin#position``.
+  ``stdin`` or ``stdin#position``;
+- a Parquet table of raw messages (a ``.parquet`` file, or a directory of them read
+  in sorted order, as Spark writes one): one message per row, from the binary column
+  ``raw``; the id is the row's ``id`` column (``name#row`` when there is none or it
+  is null), the kind its ``kind`` column ("rfc822" when absent). `iter_table` also
+  gives each row's other columns (``org``, ``date``, ``label``, ...), which batch
+  rescoring reads; `write_table` writes such a table. A row without bytes or with an
+  unknown kind is yielded with `error` set, and reading goes on.
 
 `RawMessage.index` is the running 0-based position of the message in the whole
 source. Hidden files (names starting with ``.``) are not read. In a directory tree,
@@ -62,8 +69,9 @@ import stat
 import sys
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -171,6 +179,8 @@ def iter_messages(
     name = path.name or str(path)
     if not path.exists():
         raise SourceError(str(source), None, "no such file or directory")
+    if is_table(path):
+        return _numbered(name, _table_items(name, path), stats)
     if path.is_dir():
         try:
             os.scandir(path).close()
@@ -216,7 +226,10 @@ def _read_path(label: str, path: Path) -> bytes:
 def _from_file(
     label: str, path: Path, text_records: bool | None, stats: SourceStats
 ) -> Iterator[_Item]:
-    """One regular file: an archive (by its name) or the messages its bytes hold."""
+    """One regular file: an archive or a table (by its name), or the messages its bytes hold."""
+    if _is_table_name(path.name):
+        yield from _table_items(label, path)
+        return
     if _is_archive_name(path.name):
         yield from _from_archive(label, _open_archive(label, path), text_records, stats, 1)
         return
@@ -478,3 +491,182 @@ def split_mbox(
             continue
         messages.append((position, len(starts), message))
     return messages
+
+
+# Parquet tables of raw messages
+TABLE_SUFFIXES = (".parquet", ".pq")
+TABLE_BATCH_ROWS = 256  # rows read at a time: a table is streamed, never loaded whole
+# the columns a table's rows are read from; every other column is passed on as it is
+TABLE_MESSAGE_COLUMNS = ("id", "raw", "kind")
+
+
+def _is_table_name(name: str) -> bool:
+    return name.lower().endswith(TABLE_SUFFIXES)
+
+
+def _is_metadata_name(name: str) -> bool:
+    """Hidden files and the ones Spark writes beside its parts (_SUCCESS, _temporary)."""
+    return name.startswith((".", "_"))
+
+
+def is_table(path: str | Path) -> bool:
+    """True for a Parquet file, or a directory whose files (metadata aside, in any
+    subfolder) are all Parquet, at least one."""
+    path = Path(path)
+    if path.is_file():
+        return _is_table_name(path.name)
+    if not path.is_dir():
+        return False
+    found = False
+    for _, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not _is_metadata_name(d)]
+        for name in (f for f in files if not _is_metadata_name(f)):
+            if not _is_table_name(name):
+                return False
+            found = True
+    return found
+
+
+def _table_files(root: Path, here: Path) -> Iterator[Path]:
+    """The table files under `here`: its own files in sorted order, then each subfolder's."""
+    entries = sorted(p for p in here.iterdir() if not _is_metadata_name(p.name))
+    yield from (p for p in entries if p.is_file() and _is_table_name(p.name))
+    for folder in (p for p in entries if p.is_dir()):
+        yield from _table_files(root, folder)
+
+
+def _table_rows(label: str, path: Path) -> Iterator[tuple[str, dict]]:
+    """(``file#row``, the row's columns) per row of a table file or table folder."""
+    if path.is_file():
+        yield from _file_rows(label, path)
+        return
+    for file in _table_files(path, path):
+        yield from _file_rows(f"{label}:{file.relative_to(path).as_posix()}", file)
+
+
+def _file_rows(label: str, path: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise SourceError(label, None, f"not a readable Parquet table ({exc})") from exc
+    columns = table.schema_arrow.names
+    if "raw" not in columns:
+        raise SourceError(
+            label, None, f"a table of messages needs a binary column 'raw'; it has {columns}"
+        )
+    row = 0
+    try:
+        for batch in table.iter_batches(batch_size=TABLE_BATCH_ROWS):
+            for values in batch.to_pylist():
+                yield f"{label}#{row}", values
+                row += 1
+    except (OSError, pa.ArrowException) as exc:
+        raise SourceError(label, f"row {row}", f"table is corrupt or truncated ({exc})") from exc
+
+
+def table_message(values: dict, source: str, index: int, where: str) -> tuple[RawMessage, dict]:
+    """One table row's message and its other columns. `where` (``file#row``) is the id
+    of a row without one and names the row in errors: a row without bytes or with an
+    unknown kind gives a message with `error` set."""
+    message_id = str(values.get("id") or where)
+    data, kind = values.get("raw"), values.get("kind") or "rfc822"
+    extra = {k: v for k, v in values.items() if k not in TABLE_MESSAGE_COLUMNS}
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    problem = None
+    if data is None:
+        problem = "the row's 'raw' column is null"
+    elif kind not in KINDS:
+        problem = f"the row's kind must be one of {KINDS}, got {kind!r}"
+    if problem is None:
+        return RawMessage(message_id, source, index, data, kind), extra
+    error = SourceError(source, f"{where} (id {message_id})", problem)
+    logger.warning("%s", error)
+    return RawMessage(message_id, source, index, b"", "rfc822", str(error)), extra
+
+
+def _table_items(label: str, path: Path) -> Iterator[_Item]:
+    for where, values in _table_rows(label, path):
+        message, _ = table_message(values, label, 0, where)
+        yield message.id, message.data, message.kind, message.error
+
+
+def iter_table(
+    source: str | Path, *, stats: SourceStats | None = None
+) -> Iterator[tuple[RawMessage, dict]]:
+    """Each row of a Parquet table of messages (a file or a folder of them) as a
+    `RawMessage` (the same as `iter_messages` gives) with the row's other columns.
+
+    Raises `SourceError` at once when `source` is not such a table, or its first file
+    cannot be opened or has no ``raw`` column; a table that breaks midway raises it
+    after the rows before the damage.
+    """
+    path = Path(source)
+    name = path.name or str(path)
+    if not is_table(path):
+        raise SourceError(str(source), None, "not a Parquet table (a .parquet file or folder)")
+    stats = stats if stats is not None else SourceStats()
+    rows = _table_rows(name, path)
+    first = next(rows, None)  # opens the first file now, so a bad table fails at once
+
+    def numbered() -> Iterator[tuple[RawMessage, dict]]:
+        if first is None:
+            return
+        for index, (where, values) in enumerate(chain([first], rows)):
+            message, extra = table_message(values, name, index, where)
+            if message.error is None:
+                stats.read += 1
+            else:
+                stats.failed += 1
+            yield message, extra
+
+    return numbered()
+
+
+def write_table(
+    rows: Iterable[tuple[RawMessage, dict]], path: str | Path, rows_per_group: int = 1024
+) -> int:
+    """Write messages (with any other columns, such as org, date or label) as a Parquet
+    table `iter_table` reads back with the same ids; returns the rows written.
+
+    Messages that could not be read (`error` set) are not written. Every row should
+    carry the same other columns; their types are those of the first group of rows
+    (text for a column null throughout it).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    written, writer, batch = 0, None, []
+    target = Path(path)
+
+    def flush() -> None:
+        nonlocal writer
+        if writer is None:
+            inferred = pa.Table.from_pylist(batch).schema
+            # a column null throughout the first group is taken as text
+            schema = pa.schema(
+                [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in inferred]
+            )
+            writer = pq.ParquetWriter(target, schema)
+        writer.write_table(pa.Table.from_pylist(batch, schema=writer.schema))
+        batch.clear()
+
+    try:
+        for message, extra in rows:
+            if message.error is not None:
+                continue
+            batch.append({"id": message.id, "raw": message.data, "kind": message.kind, **extra})
+            written += 1
+            if len(batch) == rows_per_group:
+                flush()
+        if batch or writer is None:
+            if not batch:
+                raise ValueError(f"no readable message to write into {target}")
+            flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    return written

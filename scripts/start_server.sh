@@ -4,6 +4,8 @@
 #   scripts/start_server.sh                                   # model_repository/, ports 8000-8002
 #   scripts/start_server.sh --model-repository DIR --http-port 0 --grpc-port 0 --metrics-port 0
 #   scripts/start_server.sh --model-control-mode explicit --load-model bulwark
+# Metrics (Triton's nv_inference_* and Bulwark's verdicts and scores; docs/monitoring.md):
+#   curl http://127.0.0.1:8002/metrics
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then

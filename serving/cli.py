@@ -37,7 +37,15 @@ DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
 
 # Modules that add a subcommand: each has `add_command(commands)`, which adds its
 # parser to the subparsers `commands` and sets `run` to a function(args) -> exit status.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "training.evaluate_cli",
+    "training.simulate",
+    "serving.rescore",
+    "training.retrain_command",
+    "training.feedback",
+    "serving.promotion",
+    "serving.shadow",
+)
 
 
 class SetupError(Exception):
@@ -196,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--output", type=Path, help="JSON lines file (default: stdout)")
     score.add_argument("--org", default="default", help="the receiving organisation's id")
     score.add_argument("--history", help="SQLite sender-history file to read")
+    from detection.history import KEY_FILE_ENV, HistoryKeyFile
+
+    score.add_argument(
+        "--history-key-file",
+        action=HistoryKeyFile,
+        help=f"file holding the history's hashing key (default: ${KEY_FILE_ENV})",
+    )
     score.add_argument("--directory", help="the organisation's directory file (JSON or TOML)")
     score.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     score.add_argument("--text-records", action="store_true", help="files are Subject+body records")

@@ -34,7 +34,10 @@ class ServingSettings:
 
     The queue delay is the latency a request may spend waiting for others to batch
     with; the default timeout rejects a request that waited in the queue so long that
-    a mail gateway would rather fall back than wait on.
+    a mail gateway would rather fall back than wait on. A request that finds
+    `max_queue_size` requests queued is rejected at once ("Exceeds maximum queue
+    size"); serving/client.py retries both kinds of rejection with backoff and
+    shrinks its in-flight bound (docs/monitoring.md).
     """
 
     name: str = MODEL_NAME

@@ -9,6 +9,10 @@ carrying the tail of the server's log, when the server exits or is not ready wit
 `http_url`, `grpc_url` and `metrics_url` say where it listens; the server's stdout
 and stderr go to `log_path`.
 
+Metrics: `metrics_url` serves Triton's Prometheus page (`nv_inference_*`, with
+p50/p90/p95/p99 summaries of queue and compute time unless `summary_latencies=False`)
+and the Bulwark model's own verdict and score metrics (serving/metrics.py).
+
 How the Python backend finds our code: its stub embeds CPython in isolated mode,
 which ignores PYTHONPATH, and finds its prefix by looking up `python3` on PATH. The
 server therefore gets this interpreter's folder first on PATH (so the stub runs in
@@ -142,6 +146,7 @@ class TritonServer:
         stop_timeout_s: float = 15.0,
         ports: dict[str, int] | None = None,
         env: dict[str, str] | None = None,
+        summary_latencies: bool = True,
     ) -> None:
         if model_control_mode not in CONTROL_MODES:
             raise ValueError(
@@ -158,6 +163,7 @@ class TritonServer:
         self.requested_ports = {name: int((ports or {}).get(name, 0)) for name in PORT_NAMES}
         self.model_control_mode = model_control_mode
         self.extra_env = dict(env or {})
+        self.summary_latencies = summary_latencies
         self.load_models = tuple(load_models)
         self.log_verbose = log_verbose
         self.startup_timeout_s = startup_timeout_s
@@ -259,6 +265,7 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--metrics-address=127.0.0.1",
             f"--metrics-port={self._ports['metrics']}",
+            f"--metrics-config=summary_latencies={str(self.summary_latencies).lower()}",
             f"--log-verbose={self.log_verbose}",
             # the server's own drain deadline comes before stop()'s SIGKILL
             f"--exit-timeout-secs={max(1, int(self.stop_timeout_s) - 5)}",
@@ -347,6 +354,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-file", type=Path, default=Path("runs/tritonserver.log"))
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--startup-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--no-summary-latencies",
+        dest="summary_latencies",
+        action="store_false",
+        help="leave out the p50-p99 summaries of queue and compute time from the metrics",
+    )
     for name, default in zip(PORT_NAMES, (8000, 8001, 8002), strict=True):
         parser.add_argument(f"--{name}-port", type=int, default=default, help="0: any free port")
     args = parser.parse_args(argv)
@@ -360,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         log_verbose=args.log_verbose,
         startup_timeout_s=args.startup_timeout,
         ports={name: getattr(args, f"{name}_port") for name in PORT_NAMES},
+        summary_latencies=args.summary_latencies,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SIGTERM stops it like Ctrl-C
     try:

@@ -18,6 +18,10 @@ whole. A request with bad input (a missing tensor, a wrong shape, an org id that
 not UTF-8, an unknown kind) or with a message that could not be scored gets a
 `TritonError` naming what was wrong; the other requests of the batch are unaffected.
 
+Beside Triton's own `nv_inference_*` metrics, the model exports the verdict counts,
+the attack-score histogram and its own request failures (serving/metrics.py) on
+the server's metrics port.
+
 Run it by serving a repository that holds an exported version:
 
     .venv/bin/python -m serving.server --model-repository model_repository
@@ -60,6 +64,7 @@ from detection.tensors import (  # noqa: E402
     SERVED_OUTPUTS,
     VERDICT,
 )
+from serving.metrics import ModelMetrics  # noqa: E402
 from serving.scorer import DIRECTORY_ENV, HISTORY_ENV, KINDS, ScoreItem, Scorer  # noqa: E402
 
 DEFAULT_KIND = "rfc822"
@@ -77,6 +82,7 @@ class TritonPythonModel:
         self._check_config()
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.scorer = self.load_scorer(version_dir)
+        self.metrics = ModelMetrics(pb_utils, args["model_name"], args["model_version"])
         pb_utils.Logger.log_info(
             f"bulwark: loaded model version {args['model_version']} from {version_dir} "
             f"(instance {args.get('model_instance_name', '?')})"
@@ -109,6 +115,10 @@ class TritonPythonModel:
         good = [p for p in parsed if not isinstance(p, RequestError)]
         scored = iter(self._score_requests(good))
 
+        rejected = len(parsed) - len(good)
+        if rejected:
+            self.metrics.record_failures("invalid_input", rejected)
+
         responses = []
         for p in parsed:
             if isinstance(p, RequestError):
@@ -136,16 +146,25 @@ class TritonPythonModel:
 
         responses, start = [], 0
         for request in requests:
-            responses.append(_scored_response(results[start : start + len(request)]))
+            responses.append(self._respond(results[start : start + len(request)]))
             start += len(request)
         return responses
 
     def _score_alone(self, items: list[ScoreItem]):
         try:
-            return _scored_response(self.scorer.score_batch(items))
+            return self._respond(self.scorer.score_batch(items))
         except Exception as error:  # noqa: BLE001 - this request alone fails
+            self.metrics.record_failures("scoring_failed")
             message = f"scoring failed: {type(error).__name__}: {error}"
             return _error_response(message, pb_utils.TritonError.INTERNAL)
+
+    def _respond(self, results: list):
+        """The response for one request's results, counted in the metrics."""
+        if any(isinstance(result, Exception) for result in results):
+            self.metrics.record_failures("unscorable")
+        else:
+            self.metrics.record_decisions(results)
+        return _scored_response(results)
 
     def _read_request(self, request) -> list[ScoreItem] | RequestError:
         """The request's messages as ScoreItems, or the RequestError saying what is wrong."""
@@ -171,6 +190,7 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         pb_utils.Logger.log_info("bulwark: model unloaded")
+        self.metrics.close()
         self.scorer = None
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 # The model.py of the fake repository. Its scorer answers from the message text:
-# "unscorable" fails that message, "batch-crash" fails the whole batch, "attack" /
-# "spam" pick the verdict; reasons echo the org and kind the server received.
+# "unscorable" fails that message, "batch-crash" fails the whole batch, "slow" makes
+# the batch take a second, "attack" / "spam" pick the verdict; reasons echo the org
+# and kind the server received. Each batch takes FAKE_DELAY_ENV seconds (0.05 unset).
 FAKE_MODEL_PY = textwrap.dedent(
     """
     import os
@@ -30,9 +31,13 @@ FAKE_MODEL_PY = textwrap.dedent(
     from serving.triton_model import TritonPythonModel as BulwarkModel
 
 
+    DELAY_S = float(os.environ.get("BULWARK_FAKE_DELAY_S") or 0.05)
+
+
     class FakeScorer:
         def score_batch(self, items):
-            time.sleep(0.05)  # slow enough that concurrent requests queue and batch
+            slow = any(b"slow" in item.data for item in items)
+            time.sleep(1.0 if slow else DELAY_S)  # concurrent requests queue and batch
             if any(b"batch-crash" in item.data for item in items):
                 raise RuntimeError("the fake scorer crashed")
             return [self.decide(item) for item in items]
@@ -55,6 +60,9 @@ FAKE_MODEL_PY = textwrap.dedent(
             return FakeScorer()
     """
 )
+
+
+FAKE_DELAY_ENV = "BULWARK_FAKE_DELAY_S"
 
 
 def write_fake_repository(root: Path, config_text: str | None = None) -> Path:

@@ -54,6 +54,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit: make the project
 from detection.baselines import (  # noqa: E402
     DEFAULT_CONFIG,
     DEFAULT_KEY,
+    KEY_FILE_ENV,
     BaselineConfig,
     Keyer,
     MailRecord,
@@ -64,7 +65,9 @@ from detection.baselines import (  # noqa: E402
     nearest_distance,
     probe_plan,
     query_index,
+    read_key_file,
     record_plan,
+    resolve_key,
 )
 from detection.signals import BASELINE_SIGNALS, baseline_signals  # noqa: E402
 
@@ -321,17 +324,25 @@ def session(master: str | None = None, app: str = "bulwark-baselines", partition
 
 
 def read_key(path: str | None) -> bytes:
-    if path is None:
-        logger.warning("no --key-file: identities are hashed with the public default key")
-        return DEFAULT_KEY
-    return Path(path).read_bytes().strip()
+    """The key in `path`; without one, the file `$BULWARK_HISTORY_KEY_FILE` names; else
+    the public default key (with a warning). Raises ValueError for a bad key file."""
+    key = read_key_file(path) if path else resolve_key()
+    if key == DEFAULT_KEY:
+        logger.warning(
+            "no --key-file nor %s: identities are hashed with the public default key",
+            KEY_FILE_ENV,
+        )
+    return key
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True, help="Parquet table of historical messages")
     parser.add_argument("--output", required=True, help="folder for the tables and signals")
-    parser.add_argument("--key-file", help="file holding the tenant's hashing key (16-64 bytes)")
+    parser.add_argument(
+        "--key-file",
+        help=f"file holding the tenant's hashing key, 16-64 bytes (default: ${KEY_FILE_ENV})",
+    )
     parser.add_argument("--master", default=None, help="Spark master (default: spark-submit's)")
     parser.add_argument("--window-days", type=int, default=DEFAULT_CONFIG.window_days)
     args = parser.parse_args(argv)

@@ -22,7 +22,10 @@ Steps, in order:
    order and counted;
 5. sender signals: each organisation's mail in time order through a `SenderHistory`:
    `facts_before` first, then `record` only for safe mail, so nothing leaks from a
-   message's own future and no attacker becomes "known" by attacking;
+   message's own future and no attacker becomes "known" by attacking; the recipients
+   sanitize replaced in the text are keyed by hash in the history, so the recipient
+   signals are computed; the history's key is the file `$BULWARK_HISTORY_KEY_FILE`
+   names (the public default key without it);
 6. split by time within each source and label: the earliest `train_fraction` of a
    source's safe mail (and of its spam, and of its attacks) is "train", the next
    `validation_fraction` "validation", the rest "test", so that each split holds every
@@ -37,6 +40,7 @@ original bytes, before sanitizing, so a row can be re-scored end to end), kind.
 Run:
     python -m training.dataset --corpora ../shared/corpora --output runs/dataset
     python -m training.dataset --max-per-source 500 --holdout nazario --output runs/small
+    python -m training.dataset --history-key-file tenant.key --output runs/dataset
 
 Known shortcomings: messages of one sender on the same Enron day share a date, so the
 history does not count them towards each other; parsing has a per-message time
@@ -65,8 +69,8 @@ import datasets
 from tqdm.auto import tqdm
 
 from detection.detectors import Hit
-from detection.features import features_of, model_text, parse_for_model
-from detection.history import SenderHistory
+from detection.features import features_of, model_text, parse_with_recipients
+from detection.history import KEY_FILE_ENV, HistoryKeyFile, SenderHistory
 from detection.parsing import ParsedMessage
 from detection.signals import SIGNAL_NAMES
 from detection.sources import RawMessage, SourceStats, iter_messages
@@ -229,6 +233,7 @@ class _Record:
     signals: list[float] = field(default_factory=list)
     hits: list[Hit] = field(default_factory=list)
     split: str = ""
+    recipients: tuple[str, ...] = ()  # the addresses sanitize replaced, for the history
 
 
 @dataclass
@@ -285,10 +290,10 @@ def _read_corpus(
 
 
 # parse
-def _parse_one(item: tuple[bytes, str]) -> tuple[ParsedMessage, str, str]:
+def _parse_one(item: tuple[bytes, str]) -> tuple[ParsedMessage, str, str, tuple[str, ...]]:
     data, kind = item
-    parsed = parse_for_model(data, kind)
-    return parsed, model_text(parsed), body_key(parsed)
+    parsed, recipients = parse_with_recipients(data, kind)
+    return parsed, model_text(parsed), body_key(parsed), recipients
 
 
 def body_key(parsed: ParsedMessage) -> str:
@@ -307,13 +312,13 @@ def _parse_all(records: list[_Record], workers: int) -> None:
     if workers == 1 or len(items) < PARALLEL_FROM:
         results: Iterable = map(_parse_one, items)
         for record, result in zip(records, tqdm(results, **progress), strict=True):
-            record.parsed, record.text, record.body_key = result
+            record.parsed, record.text, record.body_key, record.recipients = result
         return
     # fork: the workers inherit the loaded modules instead of importing them again
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         results = pool.imap(_parse_one, items, chunksize=32)
         for record, result in zip(records, tqdm(results, **progress), strict=True):
-            record.parsed, record.text, record.body_key = result
+            record.parsed, record.text, record.body_key, record.recipients = result
 
 
 # de-duplicate, date
@@ -384,11 +389,11 @@ def _interpolate(group: list[_Record]) -> int:
 def _add_sender_signals(records: list[_Record], history: SenderHistory) -> None:
     ordered = sorted(records, key=lambda r: (r.org, r.date, r.seq))
     for record in tqdm(ordered, desc="history", unit="msg", disable=None):
-        facts = history.facts_before(record.org, record.parsed, record.date)
+        facts = history.facts_before(record.org, record.parsed, record.date, record.recipients)
         found = features_of(record.parsed, facts, record.date)
         record.signals, record.hits = found.signals, found.hits
         if record.label == "safe":
-            history.record(record.org, record.parsed, record.date)
+            history.record(record.org, record.parsed, record.date, record.recipients)
     history.commit()
 
 
@@ -586,6 +591,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="parse processes (0: one per CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-within", choices=SPLIT_WITHIN, default="source_label")
+    parser.add_argument(
+        "--history-key-file",
+        action=HistoryKeyFile,
+        help=f"file holding the sender history's hashing key (default: ${KEY_FILE_ENV})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 

@@ -10,6 +10,14 @@ Contract:
   verdict (both combined), the confusion matrix at the operating point, and the same
   figures for a TF-IDF + logistic-regression baseline when given; `write_report`
   writes it as JSON and Markdown.
+- `model_metrics(scores, labels, threshold, config, groups)` gives what production
+  asks of one model on one set: recall of attacks at each FPR point (with bootstrap
+  intervals), and at the operating threshold the recall, the safe FPR, false
+  positives per million safe messages and precision (with intervals), overall and per
+  group (source, category, month).
+- `bootstrap_recall_at_fpr` resamples safe and attack scores together, vectorised.
+- `message_categories` names each message's category from its strongest detector hit
+  (the public corpora label no attack category).
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +44,27 @@ from training.calibration import (
     verdict_indices,
 )
 
-FPR_POINTS = (0.01, 0.001)
+FPR_POINTS = (0.01, 0.001, 0.0001)
+NO_CATEGORY = "none"  # no detector hit
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    fpr_points: tuple[float, ...] = FPR_POINTS
+    bootstrap: int = 1000  # resamples for the intervals; 0: no intervals
+    confidence: float = 0.95
+    seed: int = 0
+    chunk: int = 100  # resamples drawn at once (memory: chunk x messages floats)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.bootstrap < 0 or self.chunk < 1:
+            raise ValueError(
+                f"bootstrap must be >= 0 and chunk >= 1, got {self.bootstrap} and {self.chunk}"
+            )
+        if not all(0 <= f < 1 for f in self.fpr_points):
+            raise ValueError(f"fpr_points must be in [0, 1), got {self.fpr_points}")
 
 
 def recall_at_fpr(
@@ -47,6 +76,175 @@ def recall_at_fpr(
     allowed = int(math.floor(fpr * len(ranked)))
     threshold = float(ranked[allowed]) if allowed < len(ranked) else -math.inf
     return float(np.mean(np.asarray(attack_scores) > threshold)), threshold
+
+
+def bootstrap_recall_at_fpr(
+    safe_scores: np.ndarray,
+    attack_scores: np.ndarray,
+    fprs: Sequence[float],
+    config: MetricsConfig = MetricsConfig(),
+) -> np.ndarray:
+    """(len(fprs), 2) lower and upper bounds of recall at each FPR point.
+
+    Each resample draws the safe and the attack messages with replacement, sets the
+    threshold on the resampled safe scores and measures the resampled attacks
+    against it, so the interval holds the threshold's own uncertainty too.
+    """
+    safe, attack = np.asarray(safe_scores, float), np.asarray(attack_scores, float)
+    if config.bootstrap == 0 or len(safe) == 0 or len(attack) == 0:
+        return np.full((len(fprs), 2), np.nan)
+    rng = np.random.default_rng(config.seed)
+    recalls = np.empty((len(fprs), config.bootstrap))
+    for start in range(0, config.bootstrap, config.chunk):
+        size = min(config.chunk, config.bootstrap - start)
+        resampled_safe = -np.sort(-safe[rng.integers(0, len(safe), (size, len(safe)))], axis=1)
+        resampled_attack = attack[rng.integers(0, len(attack), (size, len(attack)))]
+        for i, fpr in enumerate(fprs):
+            allowed = int(math.floor(fpr * len(safe)))
+            if allowed >= len(safe):
+                recalls[i, start : start + size] = 1.0
+                continue
+            thresholds = resampled_safe[:, allowed]  # (size,)
+            recalls[i, start : start + size] = np.mean(
+                resampled_attack > thresholds[:, None], axis=1
+            )
+    tail = 100 * (1 - config.confidence) / 2
+    return np.percentile(recalls, [tail, 100 - tail], axis=1).T
+
+
+def proportion_interval(
+    successes: int, trials: int, config: MetricsConfig, stream: int = 0
+) -> list[float] | None:
+    """Bootstrap interval of a proportion (resampling n trials is a binomial draw)."""
+    if trials == 0 or config.bootstrap == 0:
+        return None
+    rng = np.random.default_rng([config.seed, stream])
+    draws = rng.binomial(trials, successes / trials, config.bootstrap) / trials
+    tail = 100 * (1 - config.confidence) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def _operating(scores, labels, threshold: float, config: MetricsConfig) -> dict:
+    """Recall, safe FPR, false positives per million safe and precision at a threshold
+    (flagged: score at or above it). Precision counts spam flagged as attack against."""
+    flagged = scores >= threshold
+    attack, safe = labels == ATTACK, labels == SAFE
+    caught, false_alarms = int(np.sum(flagged & attack)), int(np.sum(flagged & safe))
+    n_attack, n_safe, n_flagged = int(attack.sum()), int(safe.sum()), int(flagged.sum())
+    fpr_interval = proportion_interval(false_alarms, n_safe, config, stream=2)
+    return {
+        "threshold": float(threshold),
+        "attacks": n_attack,
+        "safe": n_safe,
+        "attacks_flagged": caught,
+        "safe_flagged": false_alarms,
+        "recall": caught / n_attack if n_attack else None,
+        "recall_ci": proportion_interval(caught, n_attack, config, stream=1),
+        "safe_fpr": false_alarms / n_safe if n_safe else None,
+        "false_positives_per_million_safe": 1e6 * false_alarms / n_safe if n_safe else None,
+        "false_positives_per_million_safe_ci": (
+            [1e6 * v for v in fpr_interval] if fpr_interval else None
+        ),
+        "precision": caught / n_flagged if n_flagged else None,
+        "precision_ci": proportion_interval(caught, n_flagged, config, stream=3),
+    }
+
+
+def _fpr_key(fpr: float) -> str:
+    return f"fpr_{fpr:g}"
+
+
+def model_metrics(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    config: MetricsConfig = MetricsConfig(),
+    groups: Mapping[str, np.ndarray] | None = None,
+) -> dict:
+    """One model's figures on one set of messages.
+
+    `scores`: attack score per message (higher: more likely an attack); `labels`:
+    indices into CLASS_NAMES; `threshold`: the operating threshold (flag at or above);
+    `groups`: named per-message group keys (e.g. {"source": ..., "month": ...}).
+    Recall at an FPR point sets its threshold on this set's safe scores (the best a
+    threshold could do here); the operating figures use the threshold given, chosen
+    elsewhere. Per group, the overall thresholds are applied to the group's messages
+    and the intervals hold the threshold fixed.
+    """
+    scores, labels = np.asarray(scores, float), np.asarray(labels)
+    safe, attack = scores[labels == SAFE], scores[labels == ATTACK]
+    intervals = bootstrap_recall_at_fpr(safe, attack, config.fpr_points, config)
+    at_fpr = {}
+    for fpr, interval in zip(config.fpr_points, intervals, strict=True):
+        recall, fpr_threshold = recall_at_fpr(safe, attack, fpr)
+        at_fpr[_fpr_key(fpr)] = {
+            "recall": recall,
+            "recall_ci": None if np.isnan(interval).any() else interval.tolist(),
+            "threshold": fpr_threshold,
+            # the smallest FPR this many safe messages can show: below it the point is
+            # "no false positive at all" on this set
+            "resolution": 1 / len(safe) if len(safe) else None,
+        }
+    figures = {
+        "counts": {"safe": int(len(safe)), "attack": int(len(attack)), "all": int(len(labels))},
+        "at_fpr": at_fpr,
+        "operating": _operating(scores, labels, threshold, config),
+    }
+    if len(safe) and len(attack):
+        figures["roc_auc_safe_vs_attack"] = _auc(safe, attack)
+    for name, keys in (groups or {}).items():
+        figures[f"per_{name}"] = _group_figures(
+            scores, labels, np.asarray(keys), at_fpr, threshold, config
+        )
+    return figures
+
+
+def _auc(safe: np.ndarray, attack: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.zeros(len(safe)), np.ones(len(attack))]
+    return float(roc_auc_score(y, np.r_[safe, attack]))
+
+
+def _group_figures(scores, labels, keys, at_fpr: dict, threshold: float, config) -> dict:
+    out = {}
+    for key in sorted(set(keys.tolist())):
+        mine = keys == key
+        attack_scores = scores[mine & (labels == ATTACK)]
+        group = {"operating": _operating(scores[mine], labels[mine], threshold, config)}
+        group["attack_recall_at_fpr"] = {
+            name: (
+                {
+                    "recall": float(np.mean(attack_scores > point["threshold"])),
+                    "recall_ci": proportion_interval(
+                        int(np.sum(attack_scores > point["threshold"])),
+                        len(attack_scores),
+                        config,
+                        stream=4,
+                    ),
+                }
+                if len(attack_scores)
+                else None
+            )
+            for name, point in at_fpr.items()
+        }
+        out[str(key)] = group
+    return out
+
+
+def message_categories(hit_categories: Sequence[Sequence[str]], hit_scores) -> np.ndarray:
+    """Each message's category: its strongest detector hit's, or NO_CATEGORY."""
+    names = []
+    for categories, scores in zip(hit_categories, hit_scores, strict=True):
+        best = max(zip(scores, categories, strict=True), default=None)
+        names.append(best[1] if best else NO_CATEGORY)
+    return np.asarray(names, dtype=object)
+
+
+def months(dates: Sequence[str]) -> np.ndarray:
+    """ "YYYY-MM" of each ISO 8601 date."""
+    return np.asarray([d[:7] for d in dates], dtype=object)
 
 
 def detection_figures(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> dict:

@@ -9,10 +9,21 @@ Contract:
 - `publish_version(staging_dir, repository, policy, extra)` moves a staged export
   into `repository/bulwark/<version>/` beside `model.py` (the Triton model) and
   writes the decision policy and any reports into `bulwark.json`.
-- `export_model(checkpoint_dir, repository)` does both with the default policy.
+- `export_variant(checkpoint_dir, staging_dir, parity_rows, variant)` writes one of
+  `VARIANTS`: "full" (the checkpoint as trained, fp32), "int8" (the same, its matrix
+  products quantised to int8 by `training.quantize`), "distilled" and
+  "distilled-int8" (a student checkpoint from `training.distill`, fp32 or int8). Each
+  is a normal version folder; `bulwark.json` says which under `variant`. An int8
+  variant keeps the fp32 parity check and also records how far its probabilities are
+  from PyTorch's (at most `INT8_TOLERANCE`, or `ParityError`).
+- `export_model(checkpoint_dir, repository, variant=...)` does both with the default
+  policy. Which variant a repository serves by default is chosen, and the figures
+  behind the choice written beside it, by `training.variants`.
 
 Run:
     python -m training.export --checkpoint runs/checkpoint --repository model_repository
+    python -m training.export --checkpoint runs/checkpoint --variant int8
+    python -m training.export --checkpoint runs/student --variant distilled-int8
 """
 
 from __future__ import annotations
@@ -39,6 +50,12 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "bulwark"
 PARITY_TOLERANCE = 1e-4
+# int8 weights move the demo model's probabilities by 0.005 on average and up to about
+# 0.15 on a few messages (mostly between safe and spam); per-tensor scales already
+# reach 0.3, and a broken quantisation far more. Recall decides whether a variant is
+# good enough (training.variants); this bound only catches a broken one.
+INT8_TOLERANCE = 0.25
+VARIANTS = ("full", "int8", "distilled", "distilled-int8")
 OPSET = 17
 TRITON_MODEL_FILE = Path(__file__).resolve().parents[1] / "serving" / "triton_model.py"
 
@@ -87,6 +104,79 @@ def export_onnx(
     (staging_dir / "bulwark.json").write_text(json.dumps(meta_out, indent=2))
     logger.info("exported ONNX; parity on %d messages: %.2e", len(texts), difference)
     return difference
+
+
+def export_variant(
+    checkpoint_dir: Path,
+    staging_dir: Path,
+    parity_rows: list[tuple[str, list[float]]],
+    variant: str = "full",
+) -> dict:
+    """Export `checkpoint_dir` as `variant` into `staging_dir`; return bulwark.json's
+    `variant` entry (name, encoder layers, quantisation, parity).
+
+    Raises ValueError for an unknown variant, a "distilled" variant of a checkpoint
+    that `training.distill` did not write, or a plain one of a checkpoint it did.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    checkpoint_dir, staging_dir = Path(checkpoint_dir), Path(staging_dir)
+    checkpoint = json.loads((checkpoint_dir / "checkpoint.json").read_text())
+    distilled = "distillation" in checkpoint
+    if variant.startswith("distilled") and not distilled:
+        raise ValueError(
+            f"variant {variant!r} needs a student checkpoint from training.distill; "
+            f"{checkpoint_dir} was not distilled"
+        )
+    if not variant.startswith("distilled") and distilled:
+        raise ValueError(
+            f"variant {variant!r} needs a checkpoint from training.train; {checkpoint_dir} is "
+            "a distilled student (export it as 'distilled' or 'distilled-int8')"
+        )
+
+    export_onnx(checkpoint_dir, staging_dir, parity_rows)
+    meta = json.loads((staging_dir / "bulwark.json").read_text())
+    entry = {
+        "name": variant,
+        "encoder_layers": json.loads((checkpoint_dir / "encoder_config.json").read_text())[
+            "num_hidden_layers"
+        ],
+        "distillation": checkpoint.get("distillation"),
+        "quantization": None,
+    }
+    if variant.endswith("int8"):
+        entry["quantization"] = _quantize_staged(checkpoint_dir, staging_dir, parity_rows, meta)
+    meta["variant"] = entry
+    (staging_dir / "bulwark.json").write_text(json.dumps(meta, indent=2))
+    return entry
+
+
+def _quantize_staged(checkpoint_dir: Path, staging_dir: Path, parity_rows, meta: dict) -> dict:
+    """Replace the staged model.onnx by its int8 form; return what was done and the
+    largest probability difference from PyTorch on the parity messages."""
+    from training.quantize import quantize_model
+
+    fp32 = staging_dir / "model.fp32.onnx"
+    (staging_dir / "model.onnx").rename(fp32)
+    summary = quantize_model(fp32, staging_dir / "model.onnx")
+    fp32.unlink()
+
+    model, _ = load_checkpoint(checkpoint_dir)
+    texts = [t for t, _ in parity_rows] or ["example subject\nexample body"]
+    signals = [s for _, s in parity_rows] or [[0.0] * len(meta["signal_names"])]
+    tokenizer = load_tokenizer(str(staging_dir / "tokenizer.json"))
+    ids, mask = encode_batch(tokenizer, texts, meta["max_length"], meta["head_tokens"])
+    sig = np.asarray(signals, dtype=np.float32)
+    difference = parity_difference(
+        ProbabilityModel(model).eval(), staging_dir / "model.onnx", ids, mask, sig
+    )
+    if difference > INT8_TOLERANCE:
+        raise ParityError(
+            f"int8 and PyTorch probabilities differ by {difference:.3f} on {len(texts)} "
+            f"messages; allowed at most {INT8_TOLERANCE}"
+        )
+    logger.info("int8 parity on %d messages: %.4f", len(texts), difference)
+    return {**summary, "parity": {"messages": len(texts), "max_abs_difference": difference}}
 
 
 def _write_onnx(model, ids, mask, signals, path: Path) -> None:
@@ -200,9 +290,10 @@ def export_model(
     parity_rows: list[tuple[str, list[float]]] | None = None,
     policy: DecisionPolicy | None = None,
     version: int | None = None,
+    variant: str = "full",
 ) -> Path:
     with tempfile.TemporaryDirectory() as staging:
-        export_onnx(Path(checkpoint_dir), Path(staging), parity_rows or [])
+        export_variant(Path(checkpoint_dir), Path(staging), parity_rows or [], variant)
         return publish_version(
             Path(staging), Path(repository), policy or DecisionPolicy(), None, version
         )
@@ -212,9 +303,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="full",
+        help="full: as trained (fp32); int8: quantised; distilled[-int8]: a student "
+        "checkpoint from training.distill (see docs/performance.md)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(export_model(args.checkpoint, args.repository))
+    print(export_model(args.checkpoint, args.repository, variant=args.variant))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@ Contract: `train_and_publish(data, fingerprint, workdir, repository, config)` fi
 tunes on the "train" split, exports ONNX (parity-checked on 64 validation
 messages), scores the validation and test splits with the exported model in ONNX
 Runtime (the exact numbers the server will produce), fits the decision policy on
-validation, writes the evaluation reports (JSON, Markdown) and publishes the
-version into the Triton model repository. Each stage's wall time is returned.
+validation, writes the evaluation reports (JSON, Markdown) and the model card
+(`training.model_card`: MODEL_CARD.md and model_card.json, in the reports folder and in
+the published version) and publishes the version into the Triton model repository.
+Each stage's wall time is returned.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,11 +23,18 @@ import numpy as np
 from datasets import DatasetDict
 
 from serving.scorer import OnnxFusion
-from training.calibration import choose_policy
-from training.config import TrainConfig
-from training.evaluate import evaluation_report, tfidf_baseline_scores, write_report
+from training.calibration import ATTACK, calibrated_scores, choose_policy
+from training.config import PRESETS, TrainConfig
+from training.evaluate import (
+    MetricsConfig,
+    evaluation_report,
+    model_metrics,
+    tfidf_baseline_scores,
+    write_report,
+)
 from training.export import export_onnx, publish_version
-from training.train import train
+from training.model_card import model_card, write_model_card
+from training.train import code_version, train
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +46,10 @@ class PipelineConfig:
     operating_fpr: float = 0.001  # the attack threshold lets this share of safe mail through
     eval_splits: tuple[str, ...] = ("validation", "test")
     baseline: bool = True  # also fit TF-IDF + logistic regression on the same split
+    # the text-only ablation: every split's signals zeroed for training and evaluation,
+    # recorded as "text_only" in the published metadata so evaluation zeroes them too
+    text_only: bool = False
+    card_bootstrap: int = 500  # resamples behind the model card's intervals
 
 
 @dataclass
@@ -69,6 +84,8 @@ def train_and_publish(
 ) -> PipelineResult:
     seconds: dict[str, float] = {}
     checkpoint, staging = workdir / "checkpoint", workdir / "staging"
+    if config.text_only:
+        data = without_signals(data)
 
     with StageTimer(seconds, "train"):
         train(train_config, data, checkpoint, fingerprint)
@@ -93,6 +110,7 @@ def train_and_publish(
             np.asarray(validation["label"]),
             config.operating_fpr,
             hits["validation"],
+            signals=np.asarray(validation["signals"]),
         )
         baseline = _baseline_scores(data, list(probabilities)) if config.baseline else {}
         reports = [
@@ -108,11 +126,54 @@ def train_and_publish(
             for split, probs in probabilities.items()
         ]
         write_report(reports, workdir / "reports")
+        card = _card(data, fingerprint, train_config, config, policy, probabilities)
+        for directory in (staging, workdir / "reports"):  # staging: published with the version
+            write_model_card(card, directory)
 
     with StageTimer(seconds, "publish"):
-        extra = {"evaluation": reports, "operating_fpr": config.operating_fpr}
+        extra = {
+            "evaluation": reports,
+            "operating_fpr": config.operating_fpr,
+            "text_only": config.text_only,
+        }
         version_dir = publish_version(staging, repository, policy, extra)
     return PipelineResult(version_dir, reports, seconds)
+
+
+def _card(data, fingerprint, train_config, config, policy, probabilities) -> dict:
+    """The model card: the data, the model alone on each scored split, the thresholds."""
+    metrics = {
+        split: model_metrics(
+            calibrated_scores(probs, policy.temperature)[:, ATTACK],
+            np.asarray(data[split]["label"]),
+            policy.attack_threshold,
+            MetricsConfig(bootstrap=config.card_bootstrap),
+            {"source": np.asarray(data[split]["source"])},
+        )
+        for split, probs in probabilities.items()
+    }
+    return model_card(
+        data,
+        fingerprint,
+        train_config.to_dict(),
+        dataclasses.asdict(policy),
+        metrics,
+        code_version(),
+        config.operating_fpr,
+        config.text_only,
+    )
+
+
+def without_signals(data: DatasetDict) -> DatasetDict:
+    """The same table with every signal set to zero: what the text-only model sees."""
+
+    def zero(batch: dict) -> dict:
+        return {"signals": [[0.0] * len(row) for row in batch["signals"]]}
+
+    # in memory: a table loaded from disk would otherwise get cache files beside it
+    return DatasetDict(
+        {split: rows.map(zero, batched=True, keep_in_memory=True) for split, rows in data.items()}
+    )
 
 
 def _hits(rows) -> list[list[tuple[str, float]]]:
@@ -129,3 +190,44 @@ def _baseline_scores(data: DatasetDict, splits: list[str]) -> dict[str, np.ndarr
     texts = [data[split]["text"] for split in splits]
     scores = tfidf_baseline_scores(train_rows["text"], train_rows["label"], texts)
     return dict(zip(splits, scores, strict=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train, export, evaluate and publish a model.")
+    parser.add_argument("--dataset", type=Path, required=True, help="a saved DatasetDict")
+    parser.add_argument("--workdir", type=Path, required=True, help="checkpoint and reports")
+    parser.add_argument("--repository", type=Path, required=True, help="model repository")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--max-train-messages", type=int, help="override the preset's sample")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        help="override the preset's tokens per message (3/4 from the start)",
+    )
+    parser.add_argument("--text-only", action="store_true", help="train with signals zeroed")
+    parser.add_argument(
+        "--eval-splits", nargs="+", default=list(PipelineConfig.eval_splits), help="scored splits"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    from training.dataset import load_dataset_dict
+
+    train_config = PRESETS[args.preset]
+    if args.max_train_messages is not None:
+        train_config = dataclasses.replace(train_config, max_train_messages=args.max_train_messages)
+    if args.max_length is not None:
+        train_config = dataclasses.replace(
+            train_config, max_length=args.max_length, head_tokens=3 * args.max_length // 4
+        )
+    data, fingerprint = load_dataset_dict(args.dataset)
+    config = PipelineConfig(text_only=args.text_only, eval_splits=tuple(args.eval_splits))
+    result = train_and_publish(
+        data, fingerprint, args.workdir, args.repository, train_config, config
+    )
+    logger.info("published %s; stage seconds %s", result.version_dir, result.stage_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

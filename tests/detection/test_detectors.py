@@ -270,6 +270,17 @@ def test_known_domain_is_never_a_lookalike():
     assert "lookalike_domain" not in _hits(parsed, context=context)
 
 
+def test_tld_namesake_the_organisation_has_safe_mail_from_does_not_fire():
+    parsed = _parse("Monthly digest", "This month's articles.", "News <news@example.co>")
+    assert _hits(parsed, context=FIRST_TIME)["lookalike_domain"].score == pytest.approx(0.7)
+    assert "lookalike_domain" not in _hits(parsed, context=KNOWN)
+
+
+def test_homoglyph_lookalike_still_fires_from_a_domain_seen_before():
+    parsed = _parse("Invoice", "Please see the invoice.", "Billing <billing@exаmple.com>")
+    assert "lookalike_domain" in _hits(parsed, context=KNOWN)
+
+
 # payment fraud
 def test_bank_change_from_vendor_lookalike_is_payment_fraud():
     parsed = _parse(

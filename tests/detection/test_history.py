@@ -1,3 +1,4 @@
+import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -156,3 +157,81 @@ def test_without_autocommit_records_are_visible_to_others_only_after_commit(tmp_
     assert reader.facts_before("org", _parsed(), later).messages_before == 1
     writer.close()
     reader.close()
+
+
+# recipients through the sanitized path, and the hashing key
+
+
+def _to_bob(sender: str, when: datetime) -> bytes:
+    return make_message("Status", f"Update sent {when:%d %B}.", sender=sender, when=when)
+
+
+def test_sanitized_recipients_reach_the_history_but_not_the_model_text():
+    from detection.features import extract_features, parse_with_recipients
+
+    history = SenderHistory()
+    for day, sender in enumerate(("Carol <carol@example.com>", "Dan <dan@example.net>")):
+        when = T0 + timedelta(days=day)
+        parsed, recipients = parse_with_recipients(_to_bob(sender, when))
+        assert recipients == ("bob@example.org",)
+        history.record("org", parsed, when, recipients)
+
+    data = _to_bob("Carol <carol@example.com>", T0 + timedelta(days=5))
+    found = extract_features(data, "rfc822", "org", history)
+    assert "bob@example.org" not in found.text
+    assert found.raw["recipient_safe_messages"] == 2
+    assert found.raw["recipient_distinct_senders"] == 2
+    assert found.raw["first_time_sender_to_recipient"] == 0  # carol wrote to bob before
+    assert found.facts.recipients_with_sender_history == 1
+
+
+def test_recipient_signals_stay_zero_when_only_placeholders_are_given():
+    from detection.features import parse_for_model
+
+    history = SenderHistory()
+    parsed = parse_for_model(_to_bob("Carol <carol@example.com>", T0))
+    history.record("org", parsed, T0)  # no recipients=: the parsed To is a placeholder
+    facts = history.facts_before("org", parsed, T0 + timedelta(days=1))
+    assert facts.recipient_count == 0 and facts.recipient_safe_messages == 0
+
+
+def test_store_without_a_key_hashes_with_the_key_file_the_environment_names(tmp_path, monkeypatch):
+    key_file = tmp_path / "tenant.key"
+    key_file.write_bytes(b"a-deployment-key-of-32-bytes-xyz\n")
+    monkeypatch.setenv("BULWARK_HISTORY_KEY_FILE", str(key_file))
+    path = str(tmp_path / "history.sqlite")
+    history = SenderHistory(path)
+    assert not history.default_key
+    history.close()
+    SenderHistory(path, key=b"a-deployment-key-of-32-bytes-xyz").close()  # same key: opens
+    monkeypatch.delenv("BULWARK_HISTORY_KEY_FILE")
+    with pytest.raises(ValueError, match="written with another key"):
+        SenderHistory(path)  # the default key cannot read it
+
+
+def test_key_file_of_the_wrong_size_is_rejected_naming_the_file(tmp_path, monkeypatch):
+    key_file = tmp_path / "short.key"
+    key_file.write_bytes(b"tiny")
+    monkeypatch.setenv("BULWARK_HISTORY_KEY_FILE", str(key_file))
+    with pytest.raises(ValueError, match=r"short\.key' must hold a key of 16 to 64 bytes, got 4"):
+        SenderHistory()
+
+
+def test_score_option_history_key_file_sets_the_key_for_the_run(tmp_path, monkeypatch):
+    from serving.cli import build_parser
+
+    monkeypatch.delenv("BULWARK_HISTORY_KEY_FILE", raising=False)
+    key_file = tmp_path / "tenant.key"
+    key_file.write_bytes(b"0123456789abcdef0123456789abcdef")
+    build_parser().parse_args(["score", "-", "--history-key-file", str(key_file)])
+    assert os.environ["BULWARK_HISTORY_KEY_FILE"] == str(key_file)
+    assert not SenderHistory().default_key
+
+
+def test_score_option_history_key_file_refuses_a_missing_file(tmp_path, capsys):
+    from serving.cli import build_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["score", "-", "--history-key-file", str(tmp_path / "none")])
+    assert stopped.value.code == 2
+    assert "cannot be read" in capsys.readouterr().err

@@ -435,6 +435,28 @@ def test_sanitize_message_returns_the_recipients_in_lower_case():
     assert out == sanitize(_message("Cc: Dave <DAVE@Example.org>\n"))
 
 
+def test_sanitize_with_recipients_keeps_header_order_without_repeats():
+    from detection.sanitize import sanitize_with_recipients
+
+    data = _message(
+        "Cc: Dave <DAVE@Example.org>, bob@example.org\nDelivered-To: erin@example.net\n"
+    )
+    out, recipients = sanitize_with_recipients(data)
+
+    assert recipients == ("bob@example.org", "dave@example.org", "erin@example.net")
+    assert out == sanitize(data)
+
+
+def test_parse_with_recipients_hides_them_from_the_text_but_returns_them():
+    from detection.features import parse_with_recipients
+
+    parsed, recipients = parse_with_recipients(_message("", "Hi bob@example.org, see below.\n"))
+
+    assert recipients == ("bob@example.org",)
+    assert "bob@example.org" not in parsed.visible_text
+    assert RECIPIENT_PLACEHOLDER in parsed.visible_text
+
+
 def test_parse_for_model_replaces_recipients_in_decoded_text():
     encoded = base64.b64encode(b"Dear bob@example.org, invoice").decode()
     headers = f"MIME-Version: 1.0\nContent-Type: text/html\nX-Note: =?utf-8?b?{encoded}?=\n"

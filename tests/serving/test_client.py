@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 
 from detection.decision import Verdict
 from detection.sources import RawMessage
-from serving.client import BulwarkClient, parse_url
+from serving.client import BulwarkClient, RetryPolicy, parse_url
 from serving.server import free_ports
 from tests.synthetic_mail import make_message
 
@@ -65,12 +65,14 @@ def test_an_unreachable_server_gives_error_verdicts_not_exceptions(protocol):
     url = f"{protocol}://127.0.0.1:{free_ports(1)[0]}"
     messages = [message(i, "Hello") for i in range(3)]
 
-    with BulwarkClient(url, timeout_s=5) as client:
+    retry = RetryPolicy(max_attempts=2, base_backoff_s=0.01)
+    with BulwarkClient(url, timeout_s=5, retry=retry) as client:
         verdicts = list(client.score_messages(messages))
         assert not client.is_ready()
 
     assert [v.id for v in verdicts] == ["msg-0", "msg-1", "msg-2"]
-    assert all(v.error and v.verdict is None for v in verdicts)
+    assert all(v.error.startswith("unavailable: ") and v.verdict is None for v in verdicts)
+    assert all(v.error.endswith("(gave up after 2 attempts)") for v in verdicts)
 
 
 @pytest.mark.server
@@ -119,8 +121,11 @@ def test_score_messages_keeps_input_order_and_reports_failures_inline(client):
 
     assert [v.index for v in verdicts] == list(range(len(messages)))
     assert [v.verdict for v in verdicts] == ["attack", "spam", "safe", None, None] * 4
-    assert all(v.error == "ValueError: message is unscorable" for v in verdicts[3::5])
-    assert all("RuntimeError: the fake scorer crashed" in v.error for v in verdicts[4::5])
+    assert all(v.error == "model_error: ValueError: message is unscorable" for v in verdicts[3::5])
+    assert all(
+        v.error == "model_error: scoring failed: RuntimeError: the fake scorer crashed"
+        for v in verdicts[4::5]
+    )
 
 
 @pytest.mark.server

@@ -70,6 +70,18 @@ def test_command_binds_localhost_and_loads_named_models(tmp_path):
     assert "--model-control-mode=explicit" in command and "--load-model=bulwark" in command
 
 
+def test_command_turns_on_latency_summaries_unless_asked_not_to(tmp_path):
+    commands = []
+    for summaries in (True, False):
+        server = TritonServer(tmp_path, summary_latencies=summaries)
+        server._ports = {"http": 1, "grpc": 2, "metrics": 3}
+        commands.append(server.command(tmp_path / "backends"))
+
+    assert "--metrics-config=summary_latencies=true" in commands[0]
+    assert "--metrics-config=summary_latencies=false" in commands[1]
+    assert "--allow-metrics=true" in commands[0] and "--metrics-address=127.0.0.1" in commands[0]
+
+
 def test_bad_settings_are_rejected_before_anything_starts(tmp_path):
     with pytest.raises(ValueError, match="model_control_mode must be one of"):
         TritonServer(tmp_path, model_control_mode="sometimes")

@@ -3,12 +3,14 @@
 A tiny random-weight encoder is trained for a few steps on synthetic mail, exported
 into a fresh model repository (config.pbtxt from serving/pbtxt.py), served by the
 real tritonserver, and scored through the client over HTTP and gRPC. Every verdict
-field must equal `Scorer.score`'s for the same messages; scores within 1e-4.
+field must equal `Scorer.score`'s for the same messages; scores within 1e-4; and
+the metrics page must count what was served.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ import tritonclient.http as httpclient
 from detection.sources import RawMessage
 from detection.tensors import ORG_ID, PROBABILITIES, RAW_MESSAGE
 from serving.client import BulwarkClient
+from serving.metrics import SCORE_METRIC, VERDICTS_METRIC, metric_value, scrape
 from serving.pbtxt import render_config
 from tests.synthetic_mail import synthetic_corpus
 from training.config import TrainConfig
@@ -143,3 +146,20 @@ def test_cli_scores_the_same_in_process_and_through_the_server(server, version_d
             k: v for k, v in b.items() if k != "score"
         }
         assert a["score"] == pytest.approx(b["score"], abs=SCORE_TOLERANCE)
+
+
+def test_the_verdicts_served_are_counted_per_verdict_on_the_metrics_page(server, messages):
+    before = scrape(server.metrics_url)
+    with BulwarkClient(server.grpc_url, timeout_s=60) as client:
+        served = list(client.score_messages(messages, ORG, concurrency=4))
+    after = scrape(server.metrics_url)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    verdicts = Counter(v.verdict for v in served)
+    assert None not in verdicts
+    for verdict, count in verdicts.items():
+        assert delta(VERDICTS_METRIC, model="bulwark", verdict=verdict) == count
+    assert delta(f"{SCORE_METRIC}_count") == len(messages)
+    assert delta(f"{SCORE_METRIC}_sum") == pytest.approx(sum(v.score for v in served), abs=1e-3)

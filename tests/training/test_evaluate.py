@@ -50,3 +50,94 @@ def test_report_has_per_source_figures_and_a_markdown_table():
     assert per_source["phish-b"]["attack_recall"] == 1.0
     assert per_source["ham-a"]["safe_fpr"] == 0.0
     assert "| TF-IDF + LR | all |" in markdown(report)
+
+
+def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_mail():
+    from training.evaluate import MetricsConfig, bootstrap_recall_at_fpr
+
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (200, 5000):
+        safe, attack = rng.normal(0, 1, n), rng.normal(2.5, 1, n // 4)
+        recall, _ = recall_at_fpr(safe, attack, 0.01)
+        ((low, high),) = bootstrap_recall_at_fpr(safe, attack, [0.01], MetricsConfig(bootstrap=300))
+        assert low <= recall <= high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2
+
+
+def test_model_metrics_count_false_positives_per_million_and_precision_at_the_threshold():
+    from training.evaluate import MetricsConfig, model_metrics
+
+    # 1000 safe (2 at or above 0.9), 10 spam (1 above), 10 attacks (8 above)
+    safe = np.r_[np.full(998, 0.1), 0.95, 0.9]
+    spam = np.r_[np.full(9, 0.2), 0.99]
+    attack = np.r_[np.full(8, 0.97), 0.3, 0.4]
+    scores = np.r_[safe, spam, attack]
+    labels = np.r_[np.zeros(1000, int), np.ones(10, int), np.full(10, 2)]
+    figures = model_metrics(scores, labels, 0.9, MetricsConfig(bootstrap=200))
+    op = figures["operating"]
+    assert op["false_positives_per_million_safe"] == pytest.approx(2000.0)
+    assert op["recall"] == pytest.approx(0.8)
+    assert op["precision"] == pytest.approx(8 / 11)  # the flagged spam counts against
+    assert op["recall_ci"][0] <= 0.8 <= op["recall_ci"][1]
+    assert figures["at_fpr"]["fpr_0.001"]["recall"] == pytest.approx(0.8)  # 1 safe allowed
+    assert figures["at_fpr"]["fpr_0.0001"]["resolution"] == pytest.approx(1e-3)
+
+
+def test_group_figures_apply_the_overall_threshold_to_each_group():
+    from training.evaluate import MetricsConfig, model_metrics
+
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.25])
+    labels = np.array([0, 0, 0, 2, 2, 2])
+    sources = np.array(["a", "a", "b", "a", "b", "b"])
+    figures = model_metrics(scores, labels, 0.5, MetricsConfig(bootstrap=0), {"source": sources})
+    per_source = figures["per_source"]
+    assert per_source["a"]["operating"]["recall"] == 1.0
+    assert per_source["b"]["operating"]["recall"] == 0.5
+    assert per_source["b"]["attack_recall_at_fpr"]["fpr_0.01"]["recall"] == 0.5
+    assert per_source["a"]["operating"]["recall_ci"] is None  # no resampling asked
+
+
+def test_message_category_is_the_strongest_hit_or_none():
+    from training.evaluate import NO_CATEGORY, message_categories
+
+    found = message_categories([["malware", "payment_fraud"], []], [[0.7, 0.9], []])
+    assert found.tolist() == ["payment_fraud", NO_CATEGORY]
+
+
+def test_metrics_config_rejects_a_confidence_outside_zero_and_one():
+    from training.evaluate import MetricsConfig
+
+    with pytest.raises(ValueError, match="confidence must be in"):
+        MetricsConfig(confidence=1.5)
+
+
+def test_a_text_only_version_is_scored_with_its_signals_zeroed(tmp_path):
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from detection.signals import SIGNAL_NAMES
+    from serving.scorer import OnnxFusion
+    from tests.model_fixtures import tiny_model_version
+    from training.calibration import calibrated_scores
+    from training.evaluate_cli import EvaluateConfig, score_version
+
+    _, version_dir = tiny_model_version()
+    text_only = tmp_path / "text-only"
+    shutil.copytree(version_dir, text_only)
+    meta = json.loads((text_only / "bulwark.json").read_text())
+    (text_only / "bulwark.json").write_text(json.dumps({**meta, "text_only": True}))
+    signals = [[1.0] * len(SIGNAL_NAMES), [0.5] * len(SIGNAL_NAMES)]
+    table = pd.DataFrame({"text": ["Verify your account", "Agenda"], "signals": signals})
+
+    (scored,) = score_version("text-only", text_only, table, EvaluateConfig())
+    model = OnnxFusion(version_dir)
+    zeroed = model.probabilities(table["text"].tolist(), [[0.0] * len(SIGNAL_NAMES)] * 2)
+    unzeroed = model.probabilities(table["text"].tolist(), signals)
+    temperature = meta["policy"]["temperature"]
+    assert "signals zeroed" in scored.note
+    np.testing.assert_allclose(scored.scores, calibrated_scores(zeroed, temperature)[:, 2])
+    assert not np.allclose(zeroed, unzeroed)

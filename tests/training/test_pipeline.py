@@ -38,3 +38,24 @@ def test_scorer_gives_the_same_verdict_twice_for_the_same_message():
     assert [v.score for v in first] == [v.score for v in second]
     assert [v.id for v in first] == [m.id for m in messages]
     assert all(v.verdict in CLASS_NAMES and v.error is None for v in first)
+
+
+def test_every_published_version_carries_its_model_card():
+    _, version_dir = tiny_model_version()
+    card = json.loads((version_dir / "model_card.json").read_text())
+    assert card["data"]["fingerprint"] == "synthetic"
+    assert set(card["metrics"]) == {"validation", "test"}
+    assert card["operating"]["policy"]["attack_threshold"] > 0
+    assert (version_dir / "MODEL_CARD.md").read_text().startswith("# Model card")
+
+
+def test_text_only_table_has_every_signal_zeroed_and_nothing_else_changed():
+    from training.dataset import dataset_from_messages
+    from training.pipeline import without_signals
+
+    data = dataset_from_messages(synthetic_raw_messages(12, seed=5), org="synthetic")
+    zeroed = without_signals(data)
+    for split in data:
+        assert all(not any(row) for row in zeroed[split]["signals"])
+        assert zeroed[split]["text"] == data[split]["text"]
+    assert any(any(row) for split in data for row in data[split]["signals"])

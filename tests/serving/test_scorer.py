@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from serving.scorer import OnnxFusion, RuntimeSettings
+from tests.model_fixtures import tiny_model_version
+from tests.synthetic_mail import synthetic_corpus
+
+
+def _texts_of_mixed_length() -> list[str]:
+    texts = [m.data.decode("utf-8", "replace") for m in synthetic_corpus(12, seed=5)]
+    return texts[:6] + ["short one", "pay the invoice " * 40] + texts[6:]
+
+
+def test_length_buckets_give_the_same_probabilities_as_one_message_at_a_time():
+    _, version_dir = tiny_model_version()
+    texts = _texts_of_mixed_length()
+    rng = np.random.default_rng(0)
+    model = OnnxFusion(
+        version_dir, settings=RuntimeSettings(buckets=(16, 64), max_batch_tokens=256)
+    )
+    signals = rng.uniform(0, 1, (len(texts), len(model.meta["signal_names"]))).tolist()
+
+    together = model.probabilities(texts, signals)
+    alone = np.concatenate(
+        [model.probabilities([t], [s]) for t, s in zip(texts, signals, strict=True)]
+    )
+    assert together.shape == (len(texts), 3)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_texts_and_signal_rows_must_pair_up():
+    _, version_dir = tiny_model_version()
+    model = OnnxFusion(version_dir)
+    with pytest.raises(ValueError, match="got 2 texts but 1 signal rows"):
+        model.probabilities(["a", "b"], [[0.0] * len(model.meta["signal_names"])])
+
+
+def test_no_texts_give_an_empty_result_without_calling_the_model():
+    _, version_dir = tiny_model_version()
+    assert OnnxFusion(version_dir).probabilities([], []).shape == (0, 3)
+
+
+def test_negative_thread_count_is_refused():
+    with pytest.raises(ValueError, match="threads must be 0 .* got -1"):
+        RuntimeSettings(threads=-1)
+
+
+def test_a_full_model_without_a_variant_entry_reads_as_full():
+    _, version_dir = tiny_model_version()
+    assert OnnxFusion(version_dir).variant == "full"
