@@ -71,8 +71,9 @@ class DistillConfig:
     The student starts from the teacher's embeddings, head and the encoder layers
     named in `layers` (alternate ones by default), then learns the teacher's
     temperature-softened probabilities over a sample of the train split, mixed with
-    the labels (`soft_weight` of the loss from the teacher). The defaults take
-    about ten minutes on two CPU cores.
+    the labels (`soft_weight` of the loss from the teacher). Each step runs the
+    teacher forward and the student forward and backward; 1,500 messages took 25
+    minutes on the shared two-core development host (docs/performance.md).
     """
 
     layers: tuple[int, ...] = (1, 3, 5)  # teacher layers the student keeps, in order

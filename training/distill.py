@@ -9,7 +9,7 @@ checkpoint folder in the layout `training.train` writes (so `training.export`
 exports it unchanged), with `distillation` (the teacher, its layers, the config) in
 `checkpoint.json`. Text encoding (max_length, head_tokens) is the teacher's.
 
-Run (about ten minutes on two CPU cores with the defaults):
+Run (docs/performance.md gives the time it took):
     python -m training.distill --teacher runs/demo/checkpoint --dataset runs/demo/dataset \
         --output runs/student
 """

@@ -14,7 +14,7 @@ normal version folder at `workdir/variants/<variant>/bulwark/1`, with the figure
 of all (`variants.json`) beside its `bulwark.json`; the chosen one is also published
 into `repository` when one is given.
 
-Run (after the demo; about 20 minutes on two CPU cores, most of it distillation):
+Run (after the demo; distillation is most of the time, see docs/performance.md):
     python -m training.variants --checkpoint runs/demo/checkpoint \
         --dataset runs/demo/dataset --workdir runs/variants --repository model_repository
 """
