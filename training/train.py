@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers import BertConfig, BertModel, get_linear_schedule_with_warmup
 
 from detection.encoding import encode_batch, load_tokenizer
-from detection.fusion import FusionModel, build_encoder, tokenizer_path
+from detection.fusion import FusionModel, build_encoder, signal_mask, tokenizer_path
 from detection.signals import SIGNAL_NAMES
 from detection.tensors import CLASS_NAMES
 from training.config import PRESETS, TrainConfig
@@ -110,7 +110,11 @@ def class_weights(labels: list[int]) -> torch.Tensor:
 
 def build_model(config: TrainConfig) -> FusionModel:
     # built after set_seed, so the seed also fixes the new head's weights
-    model = FusionModel(build_encoder(config.encoder), n_signals=len(SIGNAL_NAMES))
+    model = FusionModel(
+        build_encoder(config.encoder),
+        n_signals=len(SIGNAL_NAMES),
+        signal_mask=signal_mask(config.model_signal_groups),
+    )
     if config.freeze_embeddings:
         for parameter in model.encoder.embeddings.parameters():
             parameter.requires_grad = False
@@ -230,7 +234,13 @@ def load_checkpoint(checkpoint_dir: Path) -> tuple[FusionModel, dict]:
         )
     encoder_cfg = BertConfig.from_json_file(checkpoint_dir / "encoder_config.json")
     encoder_cfg._attn_implementation = "eager"
-    model = FusionModel(BertModel(encoder_cfg, add_pooling_layer=False), len(SIGNAL_NAMES))
+    # a checkpoint from before the option existed read no recipient signals either
+    groups = TrainConfig.from_dict(meta["train_config"]).model_signal_groups
+    model = FusionModel(
+        BertModel(encoder_cfg, add_pooling_layer=False),
+        len(SIGNAL_NAMES),
+        signal_mask=signal_mask(groups),
+    )
     model.load_state_dict(load_file(checkpoint_dir / "model.safetensors"))
     return model.eval(), meta
 

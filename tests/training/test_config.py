@@ -31,3 +31,14 @@ def test_optional_field_accepts_none():
 def test_head_tokens_must_leave_room_for_the_tail():
     with pytest.raises(ValueError, match="head_tokens must be in"):
         TrainConfig(max_length=64, head_tokens=63)
+
+
+def test_model_signal_groups_leave_out_recipient_history_by_default():
+    assert TrainConfig().model_signal_groups == ("message", "sender")
+
+
+def test_model_signal_groups_read_from_a_json_list_and_reject_unknown_groups():
+    config = TrainConfig.from_dict({"model_signal_groups": ["message"]})
+    assert config.model_signal_groups == ("message",)
+    with pytest.raises(ValueError, match="model_signal_groups must be among"):
+        TrainConfig.from_dict({"model_signal_groups": ["message", "bcc"]})
