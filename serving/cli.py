@@ -57,7 +57,11 @@ Scoring = Callable[[Iterable[RawMessage]], Iterator[Verdict]]
 
 
 def in_process_scoring(
-    model: Path | None, org: str, history: str | None, directory: str | None
+    model: Path | None,
+    org: str,
+    history: str | None,
+    directory: str | None,
+    learn: bool = False,
 ) -> Scoring:
     """Load the model version `model` (default: the newest exported one) once.
 
@@ -76,7 +80,9 @@ def in_process_scoring(
         if path and not Path(path).is_file():
             raise SetupError(f"{option} file {str(path)!r} does not exist")
     try:
-        scorer = Scorer.load(model_dir, history_path=history, directory_path=directory)
+        scorer = Scorer.load(
+            model_dir, history_path=history, directory_path=directory, learn=learn
+        )
     except Exception as error:  # noqa: BLE001 - any load failure ends the run with one line
         raise SetupError(
             f"model {str(model_dir)!r} could not be loaded ({type(error).__name__}: {error})"
@@ -143,7 +149,9 @@ def run_score(args: argparse.Namespace) -> int:
             _warn_server_side_options(args)
             score = server_scoring(args.server, args.org, args.concurrency)
         else:
-            score = in_process_scoring(args.model, args.org, args.history, args.directory)
+            score = in_process_scoring(
+                args.model, args.org, args.history, args.directory, args.learn
+            )
         out_context = _output(args.output)
     except (SourceError, SetupError) as error:
         logger.error("cannot score: %s", error)
@@ -166,11 +174,12 @@ def run_score(args: argparse.Namespace) -> int:
 
 def _warn_server_side_options(args: argparse.Namespace) -> None:
     """History and directory are read by the server, not sent with each request."""
-    from serving.scorer import DIRECTORY_ENV, HISTORY_ENV
+    from serving.scorer import DIRECTORY_ENV, HISTORY_ENV, LEARN_ENV
 
     for option, value, variable in (
         ("--history", args.history, HISTORY_ENV),
         ("--directory", args.directory, DIRECTORY_ENV),
+        ("--learn", args.learn, LEARN_ENV),
     ):
         if value:
             logger.warning(
@@ -204,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--output", type=Path, help="JSON lines file (default: stdout)")
     score.add_argument("--org", default="default", help="the receiving organisation's id")
     score.add_argument("--history", help="SQLite sender-history file to read")
+    score.add_argument(
+        "--learn",
+        action="store_true",
+        help="record each message judged safe into the history (never flagged mail)",
+    )
     from detection.history import KEY_FILE_ENV, HistoryKeyFile
 
     score.add_argument(

@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm.auto import tqdm
 
+from detection.baselines import observe
 from detection.decision import SCORE_DECIMALS, Decision, DecisionPolicy, Verdict, decide
 from detection.directory import Directory, load_directory
 from detection.encoding import (
@@ -44,6 +45,7 @@ KINDS = ("rfc822", "text")
 # the Triton model reads the sender-history and directory files' paths from these
 HISTORY_ENV = "BULWARK_HISTORY_DB"
 DIRECTORY_ENV = "BULWARK_DIRECTORY"
+LEARN_ENV = "BULWARK_HISTORY_LEARN"  # "1": the served model records its safe verdicts
 WARM_UP_MESSAGE = b"From: warm-up@example.com\r\nSubject: warm-up\r\n\r\nwarm-up\r\n"
 
 
@@ -147,11 +149,15 @@ class Scorer:
         policy: DecisionPolicy,
         history: SenderHistory,
         directory: Directory = EMPTY_DIRECTORY,
+        learn: bool = False,
     ):
         self.model = model
         self.policy = policy
         self.history = history
         self.directory = directory
+        # after each verdict, record the message in the history if, and only if, it
+        # was judged safe: flagged mail never makes its sender look known
+        self.learn = learn
 
     @classmethod
     def load(
@@ -160,9 +166,11 @@ class Scorer:
         history_path: str | Path | None = None,
         threads: int = 0,
         directory_path: str | Path | None = None,
+        learn: bool = False,
     ) -> Scorer:
         """A scorer for one exported version, reading the history and directory files
-        given (an empty history and an empty directory when none)."""
+        given (an empty history and an empty directory when none); with `learn`, it
+        also writes its safe verdicts into that history."""
         version_dir = Path(version_dir)
         model = OnnxFusion(version_dir, threads)
         policy = DecisionPolicy(**model.meta.get("policy", {}))
@@ -174,12 +182,16 @@ class Scorer:
             "file" if history_path else "empty",
             "file" if directory_path else "empty",
         )
-        return cls(model, policy, history, directory)
+        return cls(model, policy, history, directory, learn)
 
     def warm_up(self) -> None:
         """Score one short synthetic message, so that ONNX Runtime's first-run set-up
-        is not paid by the first real request."""
-        self.score_batch([ScoreItem(WARM_UP_MESSAGE, "warm-up")])
+        is not paid by the first real request. The warm-up message is never learnt."""
+        learn, self.learn = self.learn, False
+        try:
+            self.score_batch([ScoreItem(WARM_UP_MESSAGE, "warm-up")])
+        finally:
+            self.learn = learn
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[Decision | Exception]:
         results: list[Decision | Exception | None] = [None] * len(items)
@@ -200,7 +212,15 @@ class Scorer:
             )
             for (i, f), p in zip(features, probs, strict=True):
                 results[i] = decide([float(v) for v in p], f.raw, f.hits, self.policy)
+            if self.learn:
+                self._learn(items, features, results)
         return results  # type: ignore[return-value]
+
+    def _learn(self, items, features: list[tuple[int, Features]], results) -> None:
+        """Record this batch's safe verdicts (messages of one batch do not see each other)."""
+        for i, f in features:
+            observe(self.history, items[i].org, f.parsed, f.when, results[i].verdict, f.recipients)
+        self.history.commit()
 
     def score(
         self, messages: Iterable[RawMessage], org: str = "default", batch_size: int = 32

@@ -65,7 +65,14 @@ from detection.tensors import (  # noqa: E402
     VERDICT,
 )
 from serving.metrics import ModelMetrics  # noqa: E402
-from serving.scorer import DIRECTORY_ENV, HISTORY_ENV, KINDS, ScoreItem, Scorer  # noqa: E402
+from serving.scorer import (  # noqa: E402
+    DIRECTORY_ENV,
+    HISTORY_ENV,
+    KINDS,
+    LEARN_ENV,
+    ScoreItem,
+    Scorer,
+)
 
 DEFAULT_KIND = "rfc822"
 
@@ -94,6 +101,7 @@ class TritonPythonModel:
             version_dir,
             history_path=os.environ.get(HISTORY_ENV) or None,
             directory_path=os.environ.get(DIRECTORY_ENV) or None,
+            learn=os.environ.get(LEARN_ENV) == "1",
         )
         scorer.warm_up()  # the first request should not pay ONNX Runtime's set-up
         return scorer
