@@ -84,6 +84,10 @@ def parse_with_recipients(
     ), ordered
 
 
+class EmptyMessageError(ValueError):
+    """A message with no content at all was sent for scoring."""
+
+
 def extract_features(
     data: bytes,
     kind: str,
@@ -92,6 +96,13 @@ def extract_features(
     when: datetime | None = None,
     directory: Directory = EMPTY_DIRECTORY,
 ) -> Features:
+    """The features of one message as scoring sees them.
+
+    Raises EmptyMessageError when `data` holds nothing but whitespace: there is no
+    message to judge, and a verdict on it would be noise.
+    """
+    if not data.strip():
+        raise EmptyMessageError(f"the message is empty ({len(data)} bytes, all whitespace)")
     parsed, recipients = parse_with_recipients(data, kind)
     when = when or parsed.date
     facts = history.facts_before(org, parsed, when, recipients=recipients)

@@ -202,6 +202,14 @@ def _summary(counts: dict[str, int], status: int) -> int:
     return status
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bulwark", description="Detect email attacks.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -226,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"file holding the history's hashing key (default: ${KEY_FILE_ENV})",
     )
     score.add_argument("--directory", help="the organisation's directory file (JSON or TOML)")
-    score.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    score.add_argument(
+        "--concurrency", type=positive_int, default=8, help="requests in flight (--server)"
+    )
     score.add_argument("--text-records", action="store_true", help="files are Subject+body records")
     score.set_defaults(run=run_score)
     for module in COMMAND_MODULES:
@@ -237,7 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except Exception as error:  # noqa: BLE001 - the command line's boundary: one line, no trace
+        # what a command could not do before or beside its messages (a bad option value,
+        # a file it cannot read, a server that is down): say which command and why
+        logger.error("bulwark %s: %s: %s", args.command, type(error).__name__, error)
+        logger.debug("traceback", exc_info=True)
+        return 2
 
 
 if __name__ == "__main__":

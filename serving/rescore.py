@@ -50,6 +50,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -531,10 +532,20 @@ class RunFolder:
 _WORKER_MODELS: dict[str, Model] = {}
 
 
-def _start_worker(specs: dict) -> None:
-    """Runs once in each worker process: load every model there, once."""
+def _start_worker(specs: dict, parent_pid: int | None = None) -> None:
+    """Runs once in each worker process: load every model there, once, and end the
+    worker when the run's main process is gone (killed with SIGKILL, say), so that no
+    orphan keeps a model in memory."""
     logging.getLogger().setLevel(logging.WARNING)  # the main process reports progress
+    if parent_pid is not None:
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     _open_models(specs)
+
+
+def _exit_when_orphaned(parent_pid: int, every_s: float = 1.0) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(every_s)
+    os._exit(1)  # a partial part is never renamed into place, so the rerun redoes it
 
 
 def _open_models(specs: dict) -> None:
@@ -659,7 +670,7 @@ def _pool(config: RescoreConfig, models: dict):
         config.workers,
         mp_context=get_context("spawn"),
         initializer=_start_worker,
-        initargs=(models,),
+        initargs=(models, os.getpid()),
     )
 
 

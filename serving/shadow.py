@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import shutil
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -213,16 +214,20 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    """Production's verdicts as JSON lines (the output file or standard output), the
+    shadow's disagreements in the record. Exit status as `bulwark score`: 2 when the
+    source breaks, 1 when every message failed, else 0."""
     production = BulwarkClient(args.server, model_name=MODEL_NAME)
     shadow = BulwarkClient(args.server, model_name=SHADOW_MODEL)
     scorer = ShadowScorer(production, shadow, args.record)
-    out = open(args.output, "w", encoding="utf-8") if args.output else None
-    status = 0
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    status, read, failed = 0, 0, 0
     try:
         messages = iter_messages(args.source, text_records=args.text_records or None)
         for verdict in scorer.score_messages(messages, args.org):
-            if out is not None:
-                out.write(verdict.to_json() + "\n")
+            read += 1
+            failed += verdict.error is not None
+            out.write(verdict.to_json() + "\n")
     except SourceError as error:
         logger.error("source stopped: %s", error)
         status = 2
@@ -230,6 +235,8 @@ def run_score(args: argparse.Namespace) -> int:
         scorer.close()
         production.close()
         shadow.close()
-        if out is not None:
+        if out is not sys.stdout:
             out.close()
+    if status == 0 and read and failed == read:
+        status = 1  # every message failed: the run as a whole did not work
     return status

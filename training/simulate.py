@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import io
 import json
 import logging
@@ -1188,7 +1189,11 @@ def write_stream(stream: OrgStream, folder: Path) -> dict:
     """Write one organisation's archive, labels and directory; returns its counts."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    with tarfile.open(folder / ARCHIVE_NAME, "w:gz") as tar:
+    # gzip's header would carry the time of writing: a fixed one keeps runs byte-identical
+    with (
+        gzip.GzipFile(folder / ARCHIVE_NAME, "wb", mtime=0) as packed,
+        tarfile.open(fileobj=packed, mode="w") as tar,
+    ):
         for position, mail in enumerate(stream.mails):
             name = f"{position:06d}.eml"
             data = render(mail)
@@ -1245,9 +1250,10 @@ def add_command(commands) -> None:
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     root = Path(__file__).resolve().parents[1]
     defaults = SimulationConfig()
-    parser.add_argument("--orgs", type=int, default=defaults.orgs)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--days", type=int, default=defaults.days)
+    # given flags override the config file; absent ones leave it (or the defaults)
+    parser.add_argument("--orgs", type=int, help=f"organisations (default {defaults.orgs})")
+    parser.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
+    parser.add_argument("--days", type=int, help=f"days of mail (default {defaults.days})")
     parser.add_argument("--output", type=Path, required=True, help="folder to write into")
     parser.add_argument("--corpora", type=Path, default=root.parent / "shared" / "corpora")
     parser.add_argument("--config", type=Path, help="JSON file of SimulationConfig values")
@@ -1256,7 +1262,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_simulate(args: argparse.Namespace) -> int:
     try:
         values = json.loads(args.config.read_text()) if args.config else {}
-        values.update(orgs=args.orgs, seed=args.seed, days=args.days)
+        given = {"orgs": args.orgs, "seed": args.seed, "days": args.days}
+        values.update({key: value for key, value in given.items() if value is not None})
         config = SimulationConfig.from_dict(values)
         simulate(config, args.corpora, args.output)
     except (ValueError, OSError) as error:

@@ -169,3 +169,25 @@ def test_a_run_in_which_every_message_failed_exits_non_zero(tmp_path):
 
     assert status == 1
     assert all(line["error"] for line in _lines(output))
+
+
+def test_a_command_that_fails_outside_its_messages_says_why_in_one_line(tmp_path, caplog):
+    from serving import cli
+
+    ledger = tmp_path / "a-directory"
+    ledger.mkdir()
+    status = cli.main(
+        ["feedback", "add", "--ledger", str(ledger), "--message-id", "m1", "--label", "attack",
+         "--source", "analyst"]
+    )
+    assert status == 2
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith("bulwark feedback: ") and str(ledger) in line
+
+
+def test_concurrency_below_one_is_refused_by_the_parser(capsys):
+    from serving import cli
+
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["score", "x.eml", "--concurrency", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The scorer's online learning: only mail it judged safe enters the history."""
+"""The scorer: online learning from its own safe verdicts, and messages it refuses."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -73,3 +73,10 @@ def test_the_warm_up_message_is_never_learnt(monkeypatch):
 
     scorer.score_batch([ScoreItem(warm_up, "warm-up")])  # the same message, scored for real
     assert _known_messages(scorer, later, org="warm-up") == 1
+
+
+def test_an_empty_message_fails_alone_with_a_reason():
+    scorer = _scorer(SAFE_PROBS, learn=False)
+    empty, good = scorer.score_batch([ScoreItem(b" \r\n", "acme"), ScoreItem(_mail(0), "acme")])
+    assert isinstance(empty, ValueError) and "message is empty" in str(empty)
+    assert good.verdict == "safe"

@@ -25,7 +25,7 @@ from training.calibration import (
     score_map,
 )
 
-RECALL = CalibrationConfig()
+RECALL = CalibrationConfig(max_fpr=0.01)  # a ceiling loose enough for the cases below
 
 
 def _probabilities(attack_p: np.ndarray) -> np.ndarray:
@@ -207,3 +207,11 @@ def test_published_model_carries_the_fitted_policy_and_the_scorer_decides_with_i
     (decision,) = scorer.score_batch([ScoreItem(message)])
     assert len(decision.contributions) == len(decision.reasons)
     assert decision.contributions == sorted(decision.contributions, reverse=True)
+
+
+def test_the_default_ceiling_keeps_the_policy_within_a_tenth_of_a_percent():
+    probabilities, labels, hits = _validation()
+    probabilities[np.flatnonzero(labels == SAFE)[:15]] = [0.025, 0.025, 0.95]
+    policy = choose_policy(probabilities, labels, 0.001, hits, config=CalibrationConfig())
+    assert CalibrationConfig().max_fpr == 0.001
+    assert policy.validation["total"]["safe_fpr"] <= 0.001
