@@ -79,6 +79,7 @@ def in_process_scoring(
     for option, path in (("--history", history), ("--directory", directory)):
         if path and not Path(path).is_file():
             raise SetupError(f"{option} file {str(path)!r} does not exist")
+    _check_readable(history, directory)
     try:
         scorer = Scorer.load(
             model_dir, history_path=history, directory_path=directory, learn=learn
@@ -92,6 +93,25 @@ def in_process_scoring(
         yield from scorer.score_stream(messages, org=org)
 
     return score
+
+
+def _check_readable(history: str | None, directory: str | None) -> None:
+    """Open the history and directory files once, so that a bad one is named as such
+    rather than as a model that will not load."""
+    from detection.directory import load_directory
+    from detection.history import SenderHistory
+
+    checks = (("--history", history, SenderHistory), ("--directory", directory, load_directory))
+    for option, path, opener in checks:
+        if not path:
+            continue
+        try:
+            opened = opener(str(path))
+        except Exception as error:  # noqa: BLE001 - any failure to read it ends the run here
+            reason = f"{type(error).__name__}: {error}"
+            raise SetupError(f"{option} file {str(path)!r} cannot be read ({reason})") from error
+        if hasattr(opened, "close"):
+            opened.close()
 
 
 def server_scoring(url: str, org: str, concurrency: int) -> Scoring:

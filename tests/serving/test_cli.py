@@ -191,3 +191,22 @@ def test_concurrency_below_one_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["score", "x.eml", "--concurrency", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "content"),
+    [("--directory", "not json {"), ("--history", "not an sqlite file")],
+)
+def test_an_unreadable_history_or_directory_is_named_not_blamed_on_the_model(
+    tmp_path, caplog, option, content
+):
+    _, version_dir = tiny_model_version()
+    folder = _write_mail_dir(tmp_path, count=1)
+    bad = tmp_path / "bad-file"
+    bad.write_text(content)
+
+    status = main(["score", str(folder), "--model", str(version_dir), option, str(bad)])
+
+    assert status == 2
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert f"{option} file {str(bad)!r} cannot be read" in line
