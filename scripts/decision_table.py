@@ -22,9 +22,9 @@ reliability.png under --output; probabilities are cached there per split.
 
 Run from the repository root (scoring takes a few minutes per split on two cores):
 
-    .venv/bin/python scripts/decision_table.py --dataset /work/artifacts/demo/dataset \\
-        --model /work/artifacts/model_repository/bulwark/1 --output /work/artifacts/decision \\
-        [--streams /work/artifacts/decision/sim]
+    .venv/bin/python scripts/decision_table.py --dataset runs/demo/dataset \\
+        --model model_repository/bulwark/1 --output runs/decision \\
+        [--streams runs/decision/sim]
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ scripts/decision_table.py (policy.json), to show a policy fitted with this code;
 Run from the repository root:
 
     .venv/bin/python scripts/example_verdicts.py \\
-        --model /work/artifacts/model_repository/bulwark/1 \\
-        [--policy /work/artifacts/decision/policy.json]
+        --model model_repository/bulwark/1 \\
+        [--policy runs/decision/policy.json]
 """
 
 from __future__ import annotations

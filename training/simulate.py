@@ -42,7 +42,7 @@ Attacks (`ATTACK_CATEGORIES`, mixed by `attack_mix`):
 
 Run:
     bulwark simulate --orgs 4 --seed 0 --output runs/simulated
-    python -m training.simulate --orgs 2 --days 30 --output /tmp/sim
+    python -m training.simulate --orgs 2 --days 30 --output runs/sim
 
 Known shortcomings: the real bodies keep their era's style (2002 and 2019-2023 ham,
 2004-2005 and 2022-2024 phishing), so a text model can still learn era from them;
