@@ -14,11 +14,12 @@ Triton server's URL (the workers send the messages there, with at most
 
 Contract:
 
-- Each message is scored by the same steps as `bulwark score` and the Triton model:
-  `extract_features` (sanitize, parse, signals, detectors), the ONNX fusion model,
-  `decide`; the output rows carry the scoring contract's fields (id, source, index,
-  verdict, category, score, reasons, error) plus ``model`` (the version scored), ``org``,
-  ``date`` (the time the history was read as of), ``label`` and ``chunk``.
+- Each message is scored by the same code as `bulwark score` and the Triton model,
+  `Scorer.score_batch_timed` (sanitize, parse, signals, detectors, the ONNX fusion
+  model, `decide`), with its row's time; the output rows carry the scoring contract's
+  fields (id, source, index, verdict, category, score, reasons, error) plus ``model``
+  (the version scored), ``org``, ``date`` (the time the history was read as of),
+  ``label`` and ``chunk``.
 - History as of each message's time: the sender history file is read with the
   store's own time-aware lookups (`facts_before` uses only history recorded strictly
   before the time given), at the row's ``date`` when the table has one, else at the
@@ -66,7 +67,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from detection.decision import Verdict, decide
+from detection.decision import Verdict
 from detection.sources import (
     RawMessage,
     SourceError,
@@ -223,38 +224,24 @@ class InProcessModel:
         self.version = version
 
     def score(self, rows: Sequence[RescoreRow]) -> list[tuple[Verdict, datetime | None]]:
-        from detection.features import extract_features
-        from serving.scorer import to_verdict
+        """The scorer's own batch path, each row's history read as of its time."""
+        from serving.scorer import ScoreItem, to_verdict
 
         results: list[tuple[Verdict, datetime | None] | None] = [None] * len(rows)
-        found = []
+        readable = []
         for i, row in enumerate(rows):
             message = row.message
-            if message.error is not None:
-                results[i] = (
-                    Verdict(message.id, message.source, message.index, error=message.error),
-                    row.when,
-                )
-                continue
-            try:
-                features = extract_features(
-                    message.data,
-                    message.kind,
-                    row.org,
-                    self.scorer.history,
-                    when=row.when,
-                    directory=self.scorer.directory,
-                )
-                found.append((i, features))
-            except Exception as error:  # noqa: BLE001 - one bad message fails alone
-                results[i] = (to_verdict(message, error), row.when)
-        if found:
-            probabilities = self.scorer.model.probabilities(
-                [f.text for _, f in found], [f.signals for _, f in found]
-            )
-            for (i, f), p in zip(found, probabilities, strict=True):
-                decision = decide([float(v) for v in p], f.raw, f.hits, self.scorer.policy)
-                results[i] = (to_verdict(rows[i].message, decision), f.when)
+            if message.error is None:
+                readable.append(i)
+            else:
+                error = Verdict(message.id, message.source, message.index, error=message.error)
+                results[i] = (error, row.when)
+        items = [
+            ScoreItem(rows[i].message.data, rows[i].org, rows[i].message.kind, rows[i].when)
+            for i in readable
+        ]
+        for i, (result, when) in zip(readable, self.scorer.score_batch_timed(items), strict=True):
+            results[i] = (to_verdict(rows[i].message, result), when)
         return results  # type: ignore[return-value]
 
 

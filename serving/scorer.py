@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ class ScoreItem:
     data: bytes
     org: str = "default"
     kind: str = "rfc822"
+    when: datetime | None = None  # the history is read as of this time (default: its Date)
 
 
 @dataclass(frozen=True)
@@ -194,24 +196,36 @@ class Scorer:
             self.learn = learn
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[Decision | Exception]:
-        results: list[Decision | Exception | None] = [None] * len(items)
+        return [result for result, _ in self.score_batch_timed(items)]
+
+    def score_batch_timed(
+        self, items: Sequence[ScoreItem]
+    ) -> list[tuple[Decision | Exception, datetime | None]]:
+        """Each item's decision (or the error that stopped it) with the time its history
+        was read as of: the item's `when`, else the message's Date (None if neither)."""
+        results: list[tuple[Decision | Exception, datetime | None] | None] = [None] * len(items)
         features: list[tuple[int, Features]] = []
         for i, item in enumerate(items):
             try:
                 if item.kind not in KINDS:
                     raise ValueError(f"message kind must be one of {KINDS}, got {item.kind!r}")
                 found = extract_features(
-                    item.data, item.kind, item.org, self.history, directory=self.directory
+                    item.data,
+                    item.kind,
+                    item.org,
+                    self.history,
+                    when=item.when,
+                    directory=self.directory,
                 )
                 features.append((i, found))
             except Exception as error:  # noqa: BLE001 - one bad message fails alone
-                results[i] = error
+                results[i] = (error, item.when)
         if features:
             probs = self.model.probabilities(
                 [f.text for _, f in features], [f.signals for _, f in features]
             )
             for (i, f), p in zip(features, probs, strict=True):
-                results[i] = decide([float(v) for v in p], f.raw, f.hits, self.policy)
+                results[i] = (decide([float(v) for v in p], f.raw, f.hits, self.policy), f.when)
             if self.learn:
                 self._learn(items, features, results)
         return results  # type: ignore[return-value]
@@ -219,7 +233,8 @@ class Scorer:
     def _learn(self, items, features: list[tuple[int, Features]], results) -> None:
         """Record this batch's safe verdicts (messages of one batch do not see each other)."""
         for i, f in features:
-            observe(self.history, items[i].org, f.parsed, f.when, results[i].verdict, f.recipients)
+            verdict = results[i][0].verdict
+            observe(self.history, items[i].org, f.parsed, f.when, verdict, f.recipients)
         self.history.commit()
 
     def score(
