@@ -21,7 +21,6 @@ import copy
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +29,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import BertModel, get_linear_schedule_with_warmup
 
 from detection.fusion import FusionModel
@@ -40,6 +38,7 @@ from training.train import (
     class_weights,
     load_checkpoint,
     make_collate,
+    run_steps,
     sample_training_rows,
     save_checkpoint,
 )
@@ -155,8 +154,24 @@ def distill(
             total_steps,
         )
     teacher.eval()
-    _run_steps(
-        accelerator, student, teacher, optimizer, scheduler, loader, weights, config, total_steps
+
+    def batch_loss(batch):
+        inputs = (batch["input_ids"], batch["attention_mask"], batch["signals"])
+        with torch.no_grad():
+            teacher_logits = teacher(*inputs).float()
+        logits = student(*inputs).float()
+        return distillation_loss(logits, teacher_logits, batch["labels"], config, weights)
+
+    run_steps(
+        accelerator,
+        student,
+        optimizer,
+        scheduler,
+        loader,
+        batch_loss,
+        total_steps,
+        config.log_every,
+        desc="distill",
     )
 
     accelerator.wait_for_everyone()
@@ -172,38 +187,6 @@ def distill(
         }
         (output_dir / "checkpoint.json").write_text(json.dumps(written, indent=2))
     return Path(output_dir)
-
-
-def _run_steps(accelerator, student, teacher, optimizer, scheduler, loader, weights, config, total):
-    student.train()
-    step, started, seen, running = 0, time.monotonic(), 0, 0.0
-    progress = tqdm(total=total, desc="distill", disable=not accelerator.is_main_process)
-    while step < total:
-        for batch in loader:
-            inputs = (batch["input_ids"], batch["attention_mask"], batch["signals"])
-            with accelerator.autocast():
-                with torch.no_grad():
-                    teacher_logits = teacher(*inputs).float()
-                logits = student(*inputs).float()
-            loss = distillation_loss(logits, teacher_logits, batch["labels"], config, weights)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-
-            step += 1
-            seen += len(batch["labels"])
-            running += loss.item()
-            progress.update(1)
-            if step % config.log_every == 0 and accelerator.is_main_process:
-                rate = seen / (time.monotonic() - started)
-                logger.info(
-                    "step %d/%d loss %.4f %.1f msg/s", step, total, running / config.log_every, rate
-                )
-                running = 0.0
-            if step >= total:
-                break
-    progress.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -166,7 +166,13 @@ def train(config: TrainConfig, data: DatasetDict, output_dir: Path, fingerprint:
             config.max_length,
             config.mixed_precision,
         )
-    _run_steps(accelerator, model, optimizer, scheduler, loader, loss_fn, config, total_steps)
+    def batch_loss(batch):
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["signals"])
+        return loss_fn(logits.float(), batch["labels"])
+
+    run_steps(
+        accelerator, model, optimizer, scheduler, loader, batch_loss, total_steps, config.log_every
+    )
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -174,15 +180,19 @@ def train(config: TrainConfig, data: DatasetDict, output_dir: Path, fingerprint:
     return output_dir
 
 
-def _run_steps(accelerator, model, optimizer, scheduler, loader, loss_fn, config, total_steps):
+def run_steps(
+    accelerator, model, optimizer, scheduler, loader, batch_loss, total_steps, log_every,
+    desc="train",
+):
+    """`total_steps` optimiser steps over `loader` (repeated as needed), one progress line
+    every `log_every` steps. `batch_loss(batch)` gives the loss and runs under autocast."""
     model.train()
     step, started, seen, running = 0, time.monotonic(), 0, 0.0
-    progress = tqdm(total=total_steps, desc="train", disable=not accelerator.is_main_process)
+    progress = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_main_process)
     while step < total_steps:
         for batch in loader:
             with accelerator.autocast():
-                logits = model(batch["input_ids"], batch["attention_mask"], batch["signals"])
-                loss = loss_fn(logits.float(), batch["labels"])
+                loss = batch_loss(batch)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -192,13 +202,13 @@ def _run_steps(accelerator, model, optimizer, scheduler, loader, loss_fn, config
             seen += len(batch["labels"])
             running += loss.item()
             progress.update(1)
-            if step % config.log_every == 0 and accelerator.is_main_process:
+            if step % log_every == 0 and accelerator.is_main_process:
                 rate = seen / (time.monotonic() - started)
                 logger.info(
                     "step %d/%d loss %.4f %.1f msg/s",
                     step,
                     total_steps,
-                    running / config.log_every,
+                    running / log_every,
                     rate,
                 )
                 running = 0.0
