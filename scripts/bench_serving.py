@@ -16,6 +16,11 @@ table:
    time, after the same parse and signals;
 5. the ratios: Triton against in-process, and Bulwark against the naive way.
 
+The messages are those whose model text (subject and visible text) fits the
+model's token limit whole, 256 tokens for the default model, as the serving targets
+are stated for; `--max-tokens 0` takes messages of every length (longer ones are
+read head and tail, and their parsing is the slowest).
+
 The server is started by the script (serving/server.py) on a repository it builds in
 a temporary folder from `--model` and a `config.pbtxt` rendered by serving/pbtxt.py.
 
@@ -45,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from detection.decision import decide  # noqa: E402
-from detection.features import extract_features  # noqa: E402
+from detection.features import extract_features, model_text, parse_for_model  # noqa: E402
 from detection.sources import RawMessage, iter_messages  # noqa: E402
 from serving.client import BulwarkClient  # noqa: E402
 from serving.pbtxt import ServingSettings, write_config  # noqa: E402
@@ -83,9 +88,12 @@ class Level:
     note: str = ""
 
 
-def sample_messages(corpora: Path, total: int, stride: int) -> list[RawMessage]:
+def sample_messages(
+    corpora: Path, total: int, stride: int, fits: Callable[[RawMessage], bool] | None = None
+) -> list[RawMessage]:
     """Up to `total` readable messages, an equal share from each known archive, taking
-    every `stride`-th message so that a share is not one folder's first files."""
+    every `stride`-th message so that a share is not one folder's first files; with
+    `fits`, only the messages it accepts."""
     archives = [
         (path, spec)
         for path in sorted(corpora.glob("*.tar*"))
@@ -101,11 +109,25 @@ def sample_messages(corpora: Path, total: int, stride: int) -> list[RawMessage]:
         for i, message in enumerate(iter_messages(path, text_records=spec.text_records)):
             if taken == share:
                 break
-            if i % stride == 0 and not message.error and message.data:
+            if i % stride or message.error or not message.data.strip():
+                continue
+            if fits is None or fits(message):
                 messages.append(message)
                 taken += 1
     logger.info("sampled %d messages from %d archives", len(messages), len(archives))
     return messages
+
+
+def fits_tokens(scorer: Scorer, max_tokens: int) -> Callable[[RawMessage], bool]:
+    """Whether a message's model text encodes to at most `max_tokens` tokens whole
+    ([CLS] and [SEP] included), so that the model reads all of it."""
+    tokenizer = scorer.model.tokenizer
+
+    def fits(message: RawMessage) -> bool:
+        text = model_text(parse_for_model(message.data, message.kind))
+        return len(tokenizer.encode(text).ids) <= max_tokens
+
+    return fits
 
 
 def percentiles(latencies_ms: Sequence[float]) -> tuple[float, float]:
@@ -460,12 +482,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=Path, help="sender history (sqlite) for the signals")
     parser.add_argument("--messages", type=int, default=400)
     parser.add_argument("--stride", type=int, default=7)
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help="only messages whose text fits this many tokens whole (default: the model's "
+        "limit; 0: every length)",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--requests", type=int, default=400, help="requests per level, at least")
     parser.add_argument("--batch", type=int, default=32, help="in-process batch size")
     parser.add_argument("--naive-messages", type=int, default=100)
     parser.add_argument("--queue-delay-us", type=int, default=ServingSettings().max_queue_delay_us)
     parser.add_argument("--preferred-batch", type=int, nargs="+", default=None)
+    parser.add_argument("--instances", type=int, default=ServingSettings().instance_count)
+    parser.add_argument(
+        "--onnx-threads", type=int, default=ServingSettings().onnx_threads, help="0: one per core"
+    )
+    parser.add_argument(
+        "--no-onnx-spinning", action="store_true", help="ONNX Runtime threads sleep between calls"
+    )
     parser.add_argument("--perf-analyzer", help="the perf_analyzer binary")
     parser.add_argument("--perf-analyzer-libs", help="folder of libcudart.so.12 for it")
     parser.add_argument("--perf-analyzer-concurrency", type=int, nargs="+", default=[1, 16])
@@ -478,15 +513,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    messages = sample_messages(args.corpora, args.messages, args.stride)
     history = args.history.resolve() if args.history else None
     scorer = Scorer.load(args.model, history_path=history)
     variant = scorer.model.variant
+    max_tokens = scorer.model.max_length if args.max_tokens is None else args.max_tokens
+    fits = fits_tokens(scorer, max_tokens) if max_tokens else None
+    messages = sample_messages(args.corpora, args.messages, args.stride, fits)
+    workload = f"up to {max_tokens} tokens" if max_tokens else "of every length"
     logger.info("model %s (variant %s), %d messages", args.model, variant, len(messages))
     in_process = bench_in_process(scorer, messages, args.batch)
 
     settings = ServingSettings(
         max_queue_delay_us=args.queue_delay_us,
+        instance_count=args.instances,
+        onnx_threads=args.onnx_threads,
+        onnx_spinning=not args.no_onnx_spinning,
         **({"preferred_batch_sizes": tuple(args.preferred_batch)} if args.preferred_batch else {}),
     )
     notes = []
@@ -514,9 +555,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = in_process + triton + analyzer + ([naive] if naive else [])
     print(
-        f"\nmodel {args.model} (variant {variant}); {len(messages)} messages from {args.corpora}; "
+        f"\nmodel {args.model} (variant {variant}); {len(messages)} messages {workload} from "
+        f"{args.corpora}; "
         f"{os.cpu_count()} CPUs; queue delay {settings.max_queue_delay_us} us, preferred "
-        f"batches {list(settings.preferred_batch_sizes)}\n"
+        f"batches {list(settings.preferred_batch_sizes)}, {settings.instance_count} instance(s), "
+        f"ONNX Runtime threads {settings.onnx_threads or 'one per core'}, spinning "
+        f"{'on' if settings.onnx_spinning else 'off'}\n"
     )
     print(table(rows))
     print()
@@ -530,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                     "model": str(args.model),
                     "variant": variant,
                     "messages": len(messages),
+                    "max_tokens": max_tokens or None,
                     "settings": asdict(settings),
                     "rows": [asdict(r) for r in rows],
                     "ratios": ratios(in_process, triton, naive),

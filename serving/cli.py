@@ -81,9 +81,7 @@ def in_process_scoring(
             raise SetupError(f"{option} file {str(path)!r} does not exist")
     _check_readable(history, directory)
     try:
-        scorer = Scorer.load(
-            model_dir, history_path=history, directory_path=directory, learn=learn
-        )
+        scorer = Scorer.load(model_dir, history_path=history, directory_path=directory, learn=learn)
     except Exception as error:  # noqa: BLE001 - any load failure ends the run with one line
         raise SetupError(
             f"model {str(model_dir)!r} could not be loaded ({type(error).__name__}: {error})"

@@ -2,10 +2,12 @@
 
 Contract: `render_config(settings) -> str` is the text of `bulwark/config.pbtxt`;
 `write_config(repository, settings) -> Path` writes it into a model repository and
-returns its path. Inputs and outputs come from `detection.tensors`, so the names,
-dtypes and dims in the config are the ones the exporter, the Triton model and the
-client use. `model_repository/bulwark/config.pbtxt` is this renderer's output,
-committed; tests/serving/test_pbtxt.py fails when the two differ.
+returns its path; `onnx_options(model_config)` reads the ONNX Runtime settings back
+from the config as the Triton model receives it. Inputs and outputs come from
+`detection.tensors`, so the names, dtypes and dims in the config are the ones the
+exporter, the Triton model and the client use. `model_repository/bulwark/config.pbtxt`
+is this renderer's output, committed; tests/serving/test_pbtxt.py fails when the two
+differ.
 
 Regenerate the committed file with:
 
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "bulwark"
 CONFIG_FILE = "config.pbtxt"
+# the config's parameters the Triton model reads (serving/triton_model.py)
+ONNX_THREADS = "ONNX_THREADS"
+ONNX_SPINNING = "ONNX_SPINNING"
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,24 @@ class ServingSettings:
     max_queue_delay_us: int = 200  # at 2 ms, p99 at concurrency 1 had half-second stalls
     max_queue_size: int = 1024
     queue_timeout_us: int = 2_000_000
-    instance_count: int = 1
+    # two instances: with one, a request that arrives while the instance is still
+    # finishing the previous batch now and then waits about 500 ms in Triton's queue
+    # (docs/performance.md); with two, one of them is free
+    instance_count: int = 2
+    # ONNX Runtime in each instance (serving.scorer.RuntimeSettings): intra-op threads
+    # (0: one per core) and whether they spin between calls; two instances spinning
+    # on two cores take the cores from each other
+    onnx_threads: int = 0
+    onnx_spinning: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "instance_count", "max_queue_size", "queue_timeout_us"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.onnx_threads < 0:
+            raise ValueError(
+                f"onnx_threads must be 0 (one per core) or more, got {self.onnx_threads}"
+            )
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         too_big = [s for s in self.preferred_batch_sizes if not 1 <= s <= self.max_batch_size]
@@ -101,10 +118,10 @@ def render_config(settings: ServingSettings | None = None) -> str:
         "]",
         "",
         "# the model reads its inputs on the host; never hand it device memory",
-        "parameters {",
-        '  key: "FORCE_CPU_ONLY_INPUT_TENSORS"',
-        '  value: { string_value: "yes" }',
-        "}",
+        _parameter("FORCE_CPU_ONLY_INPUT_TENSORS", "yes"),
+        "# ONNX Runtime in each instance: intra-op threads (0: one per core), spinning",
+        _parameter(ONNX_THREADS, str(settings.onnx_threads)),
+        _parameter(ONNX_SPINNING, "yes" if settings.onnx_spinning else "no"),
     ]
     return "\n".join(lines) + "\n"
 
@@ -117,6 +134,39 @@ def write_config(repository: str | Path, settings: ServingSettings | None = None
     path.write_text(render_config(settings))
     logger.info("wrote %s", path)
     return path
+
+
+def onnx_options(model_config: dict) -> dict:
+    """`serving.scorer.RuntimeSettings` arguments (`threads`, `spinning`) from the
+    ONNX_* parameters of a model config as Triton hands it to the model (JSON);
+    those it does not set are left out, so RuntimeSettings' defaults apply.
+
+    Raises ValueError naming the parameter whose value is not allowed.
+    """
+    parameters = model_config.get("parameters") or {}
+
+    def value(key: str) -> str | None:
+        found = parameters.get(key)
+        return None if found is None else str(found.get("string_value", "")).strip()
+
+    options: dict = {}
+    threads = value(ONNX_THREADS)
+    if threads is not None:
+        if not threads.isdigit():
+            raise ValueError(f"config.pbtxt {ONNX_THREADS} must be a whole number, got {threads!r}")
+        options["threads"] = int(threads)
+    spinning = value(ONNX_SPINNING)
+    if spinning is not None:
+        if spinning not in ("yes", "no"):
+            raise ValueError(
+                f"config.pbtxt {ONNX_SPINNING} must be 'yes' or 'no', got {spinning!r}"
+            )
+        options["spinning"] = spinning == "yes"
+    return options
+
+
+def _parameter(key: str, value: str) -> str:
+    return f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}'
 
 
 def _tensor_block(spec: TensorSpec, optional: bool = False) -> str:

@@ -169,12 +169,14 @@ class Scorer:
         threads: int = 0,
         directory_path: str | Path | None = None,
         learn: bool = False,
+        settings: RuntimeSettings | None = None,
     ) -> Scorer:
         """A scorer for one exported version, reading the history and directory files
         given (an empty history and an empty directory when none); with `learn`, it
-        also writes its safe verdicts into that history."""
+        also writes its safe verdicts into that history. `settings` (ONNX Runtime's)
+        override `threads`."""
         version_dir = Path(version_dir)
-        model = OnnxFusion(version_dir, threads)
+        model = OnnxFusion(version_dir, threads, settings)
         policy = DecisionPolicy(**model.meta.get("policy", {}))
         history = SenderHistory(str(history_path) if history_path else ":memory:")
         directory = load_directory(directory_path) if directory_path else EMPTY_DIRECTORY

@@ -65,11 +65,13 @@ from detection.tensors import (  # noqa: E402
     VERDICT,
 )
 from serving.metrics import ModelMetrics  # noqa: E402
+from serving.pbtxt import onnx_options  # noqa: E402
 from serving.scorer import (  # noqa: E402
     DIRECTORY_ENV,
     HISTORY_ENV,
     KINDS,
     LEARN_ENV,
+    RuntimeSettings,
     ScoreItem,
     Scorer,
 )
@@ -102,6 +104,7 @@ class TritonPythonModel:
             history_path=os.environ.get(HISTORY_ENV) or None,
             directory_path=os.environ.get(DIRECTORY_ENV) or None,
             learn=os.environ.get(LEARN_ENV) == "1",
+            settings=RuntimeSettings(**onnx_options(self.model_config)),
         )
         scorer.warm_up()  # the first request should not pay ONNX Runtime's set-up
         return scorer

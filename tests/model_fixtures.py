@@ -35,6 +35,6 @@ def tiny_model_version() -> tuple[Path, Path]:
         root / "work",
         root / "repository",
         PRESETS["tiny"],
-        PipelineConfig(operating_fpr=0.05, baseline=False),
+        PipelineConfig(operating_fpr=0.05, baseline=False, variants=("full",)),
     )
     return root / "repository", result.version_dir

@@ -1,19 +1,24 @@
 """Train, export, evaluate and publish one model version from a built dataset.
 
 Contract: `train_and_publish(data, fingerprint, workdir, repository, config)` fine-
-tunes on the "train" split, exports ONNX (parity-checked on 64 validation
-messages), scores the validation and test splits with the exported model in ONNX
-Runtime (the exact numbers the server will produce), fits the decision policy on
-validation, writes the evaluation reports (JSON, Markdown) and the model card
-(`training.model_card`: MODEL_CARD.md and model_card.json, in the reports folder and in
-the published version) and publishes the version into the Triton model repository.
-Each stage's wall time is returned.
+tunes on the "train" split, exports ONNX (parity-checked on 64 validation messages)
+as each of `config.variants` (the full model and, by default, its int8 form), scores
+the validation and test splits with each in ONNX Runtime (the exact numbers the
+server will produce) and fits each its decision policy on validation. It then times
+the variants and publishes the default by `training.variants`' rule (the fastest
+within `recall_tolerance` of the full model's recall at 0.1% FPR) into the Triton
+model repository, with its evaluation reports (JSON, Markdown), the variants'
+figures (variants.json) and its model card (`training.model_card`: MODEL_CARD.md and
+model_card.json), all also written to the reports folder. Each stage's wall time is
+returned. Variants with fewer encoder layers need a distilled student: build them
+with `python -m training.variants`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,19 +27,25 @@ from pathlib import Path
 import numpy as np
 from datasets import DatasetDict
 
-from serving.scorer import OnnxFusion
-from training.calibration import ATTACK, calibrated_scores, choose_policy
+from training.calibration import ATTACK, calibrated_scores
 from training.config import PRESETS, TrainConfig
 from training.evaluate import (
     MetricsConfig,
-    evaluation_report,
     model_metrics,
     tfidf_baseline_scores,
     write_report,
 )
-from training.export import export_onnx, publish_version
+from training.export import VARIANTS, export_variant, publish_version
 from training.model_card import model_card, write_model_card
 from training.train import code_version, train
+from training.variants import (
+    FIGURES_FILE,
+    VariantsConfig,
+    evaluate_variant,
+    figures_row,
+    measure_speed,
+    variant_figures,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +61,27 @@ class PipelineConfig:
     # recorded as "text_only" in the published metadata so evaluation zeroes them too
     text_only: bool = False
     card_bootstrap: int = 500  # resamples behind the model card's intervals
+    # exported from the trained checkpoint and compared; the default is published
+    variants: tuple[str, ...] = ("full", "int8")
+    recall_tolerance: float = 0.005  # a variant may lose this much recall at 0.1% FPR
+    speed_messages: int = 200  # validation messages timed one at a time, per variant
+
+    def __post_init__(self) -> None:
+        plain = [v for v in VARIANTS if not v.startswith("distilled")]
+        if "full" not in self.variants or not set(self.variants) <= set(plain):
+            raise ValueError(
+                f"pipeline variants must include 'full' and be among {plain} (distilled "
+                f"ones come from `python -m training.variants`), got {list(self.variants)}"
+            )
+
+    def variants_config(self) -> VariantsConfig:
+        return VariantsConfig(
+            variants=self.variants,
+            recall_tolerance=self.recall_tolerance,
+            operating_fpr=self.operating_fpr,
+            eval_splits=self.eval_splits,
+            speed_messages=self.speed_messages,
+        )
 
 
 @dataclass
@@ -94,52 +126,61 @@ def train_and_publish(
 
     with StageTimer(seconds, "export"):
         parity = data["validation"].select(range(min(PARITY_MESSAGES, len(data["validation"]))))
-        export_onnx(checkpoint, staging, list(zip(parity["text"], parity["signals"], strict=True)))
+        parity_rows = list(zip(parity["text"], parity["signals"], strict=True))
+        entries = {
+            variant: export_variant(checkpoint, staging / variant, parity_rows, variant)
+            for variant in config.variants
+        }
 
     with StageTimer(seconds, "evaluate"):
-        model = OnnxFusion(staging)
-        probabilities = {
-            split: model.probabilities(
-                data[split]["text"], data[split]["signals"], progress=f"score {split}"
-            )
-            for split in config.eval_splits
-            if split in data and len(data[split])
+        baseline = _baseline_scores(data, _scored_splits(data, config)) if config.baseline else {}
+        evaluated = {
+            variant: evaluate_variant(staging / variant, data, config.variants_config(), baseline)
+            for variant in config.variants
         }
-        validation = data["validation"]
-        hits = {split: _hits(data[split]) for split in probabilities}
-        policy = choose_policy(
-            probabilities["validation"],
-            np.asarray(validation["label"]),
-            config.operating_fpr,
-            hits["validation"],
-            signals=np.asarray(validation["signals"]),
-        )
-        baseline = _baseline_scores(data, list(probabilities)) if config.baseline else {}
-        reports = [
-            evaluation_report(
-                split,
-                probs,
-                data[split]["label"],
-                data[split]["source"],
-                policy,
-                baseline.get(split),
-                hits[split],
-            )
-            for split, probs in probabilities.items()
-        ]
+
+    with StageTimer(seconds, "choose_variant"):
+        figures = _variant_figures(entries, evaluated, staging, data, config)
+        default = figures["default"]
+        chosen = staging / default
+        probabilities, policy, reports = evaluated[default]
         write_report(reports, workdir / "reports")
         card = _card(data, fingerprint, train_config, config, policy, probabilities)
-        for directory in (staging, workdir / "reports"):  # staging: published with the version
+        for directory in (chosen, workdir / "reports"):  # staging: published with the version
             write_model_card(card, directory)
+            (directory / FIGURES_FILE).write_text(json.dumps(figures, indent=2))
 
     with StageTimer(seconds, "publish"):
         extra = {
             "evaluation": reports,
             "operating_fpr": config.operating_fpr,
             "text_only": config.text_only,
+            "variant_default": True,
         }
-        version_dir = publish_version(staging, repository, policy, extra)
+        version_dir = publish_version(chosen, repository, policy, extra)
+    logger.info("published the %s variant as %s", default, version_dir)
     return PipelineResult(version_dir, reports, seconds)
+
+
+def _scored_splits(data: DatasetDict, config: PipelineConfig) -> list[str]:
+    return [split for split in config.eval_splits if split in data and len(data[split])]
+
+
+def _variant_figures(entries, evaluated, staging: Path, data, config: PipelineConfig) -> dict:
+    """The variants' recall and speed side by side, and the default the rule picks."""
+    variants_config = config.variants_config()
+    rows = [
+        figures_row(variant, entries[variant], evaluated[variant][2], variants_config)
+        for variant in config.variants
+    ]
+    validation = data["validation"]
+    speeds = measure_speed(
+        {variant: staging / variant for variant in config.variants},
+        validation.select(range(min(config.speed_messages, len(validation)))),
+    )
+    for row in rows:
+        row["speed"] = speeds[row["variant"]]
+    return variant_figures(rows, variants_config)
 
 
 def _card(data, fingerprint, train_config, config, policy, probabilities) -> dict:
@@ -176,14 +217,6 @@ def without_signals(data: DatasetDict) -> DatasetDict:
     return DatasetDict(
         {split: rows.map(zero, batched=True, keep_in_memory=True) for split, rows in data.items()}
     )
-
-
-def _hits(rows) -> list[list[tuple[str, float]]]:
-    """Each row's detector hits as (category, score) pairs."""
-    return [
-        list(zip(categories, scores, strict=True))
-        for categories, scores in zip(rows["hit_categories"], rows["hit_scores"], strict=True)
-    ]
 
 
 def _baseline_scores(data: DatasetDict, splits: list[str]) -> dict[str, np.ndarray]:

@@ -166,6 +166,7 @@ def train(config: TrainConfig, data: DatasetDict, output_dir: Path, fingerprint:
             config.max_length,
             config.mixed_precision,
         )
+
     def batch_loss(batch):
         logits = model(batch["input_ids"], batch["attention_mask"], batch["signals"])
         return loss_fn(logits.float(), batch["labels"])
@@ -181,7 +182,14 @@ def train(config: TrainConfig, data: DatasetDict, output_dir: Path, fingerprint:
 
 
 def run_steps(
-    accelerator, model, optimizer, scheduler, loader, batch_loss, total_steps, log_every,
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    loader,
+    batch_loss,
+    total_steps,
+    log_every,
     desc="train",
 ):
     """`total_steps` optimiser steps over `loader` (repeated as needed), one progress line

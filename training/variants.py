@@ -113,12 +113,12 @@ def build_variants(
         else:
             shutil.rmtree(staging, ignore_errors=True)
             entry = export_variant(Path(checkpoint), staging, parity_rows, variant)
-            policy, reports = evaluate_variant(staging, data, config)
+            _, policy, reports = evaluate_variant(staging, data, config)
             saved = {"entry": entry, "policy": asdict(policy), "reports": reports}
             done.parent.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps(saved, indent=2))
         staged[variant] = (staging, policy, reports)
-        rows.append(_figures_row(variant, entry, reports, config))
+        rows.append(figures_row(variant, entry, reports, config))
     if not measure:
         return {"variants": rows}
 
@@ -128,17 +128,8 @@ def build_variants(
     )
     for row in rows:
         row["speed"] = speeds[row["variant"]]
-    default = choose_default(rows, config.recall_tolerance)
-    figures = {
-        "rule": (
-            f"fastest (median batch-1 latency) of the variants whose model recall at "
-            f"{config.recall_fpr:g} FPR on validation is at most {100 * config.recall_tolerance:g}"
-            " points below the full model's"
-        ),
-        "default": default,
-        "config": asdict(config),
-        "variants": rows,
-    }
+    figures = variant_figures(rows, config)
+    default = figures["default"]
 
     for variant, (staging, policy, reports) in staged.items():
         (staging / FIGURES_FILE).write_text(json.dumps(figures, indent=2))
@@ -157,12 +148,22 @@ def build_variants(
     return figures
 
 
-def evaluate_variant(version_dir: Path, data: DatasetDict, config: VariantsConfig):
-    """(policy fitted on validation, evaluation reports per split) for one staged variant."""
+def evaluate_variant(
+    version_dir: Path,
+    data: DatasetDict,
+    config: VariantsConfig,
+    baseline: dict[str, np.ndarray] | None = None,
+):
+    """(probabilities per split, the policy fitted on validation, the evaluation
+    reports per split) of one staged variant, scored in ONNX Runtime as the server
+    scores; `baseline` holds a comparison model's attack scores per split."""
     model = OnnxFusion(version_dir)
     splits = [s for s in config.eval_splits if s in data and len(data[s])]
     probabilities = {
-        split: model.probabilities(data[split]["text"], data[split]["signals"]) for split in splits
+        split: model.probabilities(
+            data[split]["text"], data[split]["signals"], progress=f"score {split}"
+        )
+        for split in splits
     }
     hits = {split: message_hits(data[split]) for split in splits}
     policy = choose_policy(
@@ -179,12 +180,12 @@ def evaluate_variant(version_dir: Path, data: DatasetDict, config: VariantsConfi
             data[split]["label"],
             data[split]["source"],
             policy,
-            None,
+            (baseline or {}).get(split),
             hits[split],
         )
         for split in splits
     ]
-    return policy, reports
+    return probabilities, policy, reports
 
 
 def message_hits(rows) -> list[list[tuple[str, float]]]:
@@ -195,7 +196,8 @@ def message_hits(rows) -> list[list[tuple[str, float]]]:
     ]
 
 
-def _figures_row(variant: str, entry: dict, reports: list[dict], config: VariantsConfig) -> dict:
+def figures_row(variant: str, entry: dict, reports: list[dict], config: VariantsConfig) -> dict:
+    """One variant's row of the figures: its layers, recall per split, int8 parity."""
     key = recall_key(config.recall_fpr)
     row = {"variant": variant, "encoder_layers": entry["encoder_layers"]}
     for report in reports:
@@ -241,6 +243,21 @@ def measure_speed(version_dirs: dict[str, Path], rows, batch_size: int = 64) -> 
             "batched_msg_per_s": round(len(texts) / batched[name], 1),
         }
         for name in models
+    }
+
+
+def variant_figures(rows: list[dict], config: VariantsConfig) -> dict:
+    """The figures file's content: the rule, the default it picks from `rows` (each
+    with its evaluation and `speed`), the config and the rows."""
+    return {
+        "rule": (
+            f"fastest (median batch-1 latency) of the variants whose model recall at "
+            f"{config.recall_fpr:g} FPR on validation is at most {100 * config.recall_tolerance:g}"
+            " points below the full model's"
+        ),
+        "default": choose_default(rows, config.recall_tolerance),
+        "config": asdict(config),
+        "variants": rows,
     }
 
 

@@ -177,8 +177,18 @@ def test_a_command_that_fails_outside_its_messages_says_why_in_one_line(tmp_path
     ledger = tmp_path / "a-directory"
     ledger.mkdir()
     status = cli.main(
-        ["feedback", "add", "--ledger", str(ledger), "--message-id", "m1", "--label", "attack",
-         "--source", "analyst"]
+        [
+            "feedback",
+            "add",
+            "--ledger",
+            str(ledger),
+            "--message-id",
+            "m1",
+            "--label",
+            "attack",
+            "--source",
+            "analyst",
+        ]
     )
     assert status == 2
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

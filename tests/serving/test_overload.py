@@ -239,8 +239,13 @@ def test_every_message_ends_once_when_failures_are_mixed():
 
 # against a real tritonserver with a small queue
 
+# one instance, so that a slow batch holds every later request in the queue
 SMALL_QUEUE = ServingSettings(
-    max_batch_size=16, preferred_batch_sizes=(16,), max_queue_size=16, queue_timeout_us=250_000
+    max_batch_size=16,
+    preferred_batch_sizes=(16,),
+    max_queue_size=16,
+    queue_timeout_us=250_000,
+    instance_count=1,
 )
 ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 FLOOD_CONCURRENCY = 128

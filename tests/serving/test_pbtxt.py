@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from detection import tensors
-from serving.pbtxt import ServingSettings, render_config, write_config
+from serving.pbtxt import ServingSettings, onnx_options, render_config, write_config
 
 COMMITTED = Path(__file__).resolve().parents[2] / "model_repository" / "bulwark" / "config.pbtxt"
 TYPES = model_config_pb2.DataType
@@ -76,3 +76,28 @@ def test_write_config_puts_it_under_the_model_name(tmp_path):
 def test_settings_reject_values_out_of_range(values, match):
     with pytest.raises(ValueError, match=match):
         ServingSettings(**values)
+
+
+def as_model_config(text: str) -> dict:
+    """The config as Triton hands it to a Python model: its protobuf as JSON."""
+    return json_format.MessageToDict(parse(text), preserving_proto_field_name=True)
+
+
+def test_onnx_runtime_settings_reach_the_model_through_the_config():
+    text = render_config(ServingSettings(onnx_threads=1, onnx_spinning=True))
+    assert onnx_options(as_model_config(text)) == {"threads": 1, "spinning": True}
+    assert onnx_options(as_model_config(render_config())) == {"threads": 0, "spinning": False}
+
+
+def test_a_config_without_onnx_parameters_leaves_the_runtime_defaults():
+    assert onnx_options({"name": "bulwark"}) == {}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [("ONNX_THREADS", "two", "whole number"), ("ONNX_SPINNING", "maybe", "'yes' or 'no'")],
+)
+def test_a_bad_onnx_parameter_is_refused_naming_it(key, value, rule):
+    config = {"parameters": {key: {"string_value": value}}}
+    with pytest.raises(ValueError, match=f"{key} must be .*{rule}.*{value}"):
+        onnx_options(config)

@@ -59,3 +59,33 @@ def test_text_only_table_has_every_signal_zeroed_and_nothing_else_changed():
         assert all(not any(row) for row in zeroed[split]["signals"])
         assert zeroed[split]["text"] == data[split]["text"]
     assert any(any(row) for split in data for row in data[split]["signals"])
+
+
+def test_pipeline_publishes_the_variant_the_rule_picks_with_every_variants_figures(tmp_path):
+    from training.config import PRESETS
+    from training.dataset import dataset_from_messages
+    from training.pipeline import PipelineConfig, train_and_publish
+    from training.variants import choose_default
+
+    data = dataset_from_messages(synthetic_raw_messages(), org="synthetic")
+    config = PipelineConfig(operating_fpr=0.05, baseline=False, variants=("full", "int8"))
+    result = train_and_publish(
+        data, "synthetic", tmp_path / "work", tmp_path / "repository", PRESETS["tiny"], config
+    )
+    figures = json.loads((result.version_dir / "variants.json").read_text())
+    assert [row["variant"] for row in figures["variants"]] == ["full", "int8"]
+    assert figures["default"] == choose_default(figures["variants"], config.recall_tolerance)
+    meta = json.loads((result.version_dir / "bulwark.json").read_text())
+    assert meta["variant"]["name"] == figures["default"]
+    assert (tmp_path / "work" / "reports" / "variants.json").is_file()
+
+
+def test_pipeline_refuses_variants_that_need_a_distilled_student():
+    import pytest
+
+    from training.pipeline import PipelineConfig
+
+    with pytest.raises(ValueError, match="distilled"):
+        PipelineConfig(variants=("full", "distilled"))
+    with pytest.raises(ValueError, match="must include 'full'"):
+        PipelineConfig(variants=("int8",))
