@@ -499,7 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         "--onnx-threads", type=int, default=ServingSettings().onnx_threads, help="0: one per core"
     )
     parser.add_argument(
-        "--no-onnx-spinning", action="store_true", help="ONNX Runtime threads sleep between calls"
+        "--onnx-spinning",
+        action=argparse.BooleanOptionalAction,
+        default=ServingSettings().onnx_spinning,
+        help="ONNX Runtime threads busy-wait between calls",
     )
     parser.add_argument("--perf-analyzer", help="the perf_analyzer binary")
     parser.add_argument("--perf-analyzer-libs", help="folder of libcudart.so.12 for it")
@@ -527,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         max_queue_delay_us=args.queue_delay_us,
         instance_count=args.instances,
         onnx_threads=args.onnx_threads,
-        onnx_spinning=not args.no_onnx_spinning,
+        onnx_spinning=args.onnx_spinning,
         **({"preferred_batch_sizes": tuple(args.preferred_batch)} if args.preferred_batch else {}),
     )
     notes = []

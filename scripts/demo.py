@@ -31,6 +31,7 @@ from serving.server import TritonServer  # noqa: E402
 from training.config import PRESETS, TrainConfig  # noqa: E402
 from training.dataset import DatasetConfig, build_dataset, load_dataset_dict  # noqa: E402
 from training.pipeline import StageTimer, train_and_publish  # noqa: E402
+from training.variants import FIGURES_FILE  # noqa: E402
 
 logger = logging.getLogger("demo")
 
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {
         "model_version": str(result.version_dir),
+        "variants": _variants_summary(result.version_dir),
         "validation": _detection_summary(result.reports[0]),
         "test": _detection_summary(result.reports[1]) if len(result.reports) > 1 else None,
         "served_slice": {"messages": len(slice_), **serving},
@@ -129,6 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     (args.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _variants_summary(version_dir: Path) -> dict:
+    """Which variant was published, and each variant's recall and speed beside it."""
+    figures = json.loads((version_dir / FIGURES_FILE).read_text())
+    return {
+        "published": figures["default"],
+        "rule": figures["rule"],
+        "compared": {
+            row["variant"]: {
+                "validation_recall_at_0.1pct_fpr": round(row["validation"]["model_recall"], 4),
+                "batch1_p50_ms": row["speed"]["batch1_p50_ms"],
+            }
+            for row in figures["variants"]
+        },
+    }
 
 
 def _detection_summary(report: dict) -> dict:
