@@ -243,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-splits", nargs="+", default=list(PipelineConfig.eval_splits), help="scored splits"
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(PipelineConfig.variants),
+        help="exported and compared; the default of them is published",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -256,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             train_config, max_length=args.max_length, head_tokens=3 * args.max_length // 4
         )
     data, fingerprint = load_dataset_dict(args.dataset)
-    config = PipelineConfig(text_only=args.text_only, eval_splits=tuple(args.eval_splits))
+    config = PipelineConfig(
+        text_only=args.text_only,
+        eval_splits=tuple(args.eval_splits),
+        variants=tuple(args.variants),
+    )
     result = train_and_publish(
         data, fingerprint, args.workdir, args.repository, train_config, config
     )
