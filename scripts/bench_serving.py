@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 from detection.decision import decide  # noqa: E402
 from detection.features import extract_features, model_text, parse_for_model  # noqa: E402
 from detection.sources import RawMessage, iter_messages  # noqa: E402
+from serving.cli import positive_int  # noqa: E402
 from serving.client import BulwarkClient  # noqa: E402
 from serving.pbtxt import ServingSettings, write_config  # noqa: E402
 from serving.scorer import HISTORY_ENV, ScoreItem, Scorer  # noqa: E402
@@ -116,6 +117,14 @@ def sample_messages(
                 taken += 1
     logger.info("sampled %d messages from %d archives", len(messages), len(archives))
     return messages
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def fits_tokens(scorer: Scorer, max_tokens: int) -> Callable[[RawMessage], bool]:
@@ -480,23 +489,30 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(os.environ.get("BULWARK_CORPORA", ROOT.parent / "shared" / "corpora")),
     )
     parser.add_argument("--history", type=Path, help="sender history (sqlite) for the signals")
-    parser.add_argument("--messages", type=int, default=400)
-    parser.add_argument("--stride", type=int, default=7)
+    parser.add_argument("--messages", type=positive_int, default=400)
+    parser.add_argument("--stride", type=positive_int, default=7)
     parser.add_argument(
         "--max-tokens",
-        type=int,
+        type=non_negative_int,
         help="only messages whose text fits this many tokens whole (default: the model's "
         "limit; 0: every length)",
     )
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--requests", type=int, default=400, help="requests per level, at least")
-    parser.add_argument("--batch", type=int, default=32, help="in-process batch size")
-    parser.add_argument("--naive-messages", type=int, default=100)
-    parser.add_argument("--queue-delay-us", type=int, default=ServingSettings().max_queue_delay_us)
-    parser.add_argument("--preferred-batch", type=int, nargs="+", default=None)
-    parser.add_argument("--instances", type=int, default=ServingSettings().instance_count)
+    parser.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument(
-        "--onnx-threads", type=int, default=ServingSettings().onnx_threads, help="0: one per core"
+        "--requests", type=positive_int, default=400, help="requests per level, at least"
+    )
+    parser.add_argument("--batch", type=positive_int, default=32, help="in-process batch size")
+    parser.add_argument("--naive-messages", type=positive_int, default=100)
+    parser.add_argument(
+        "--queue-delay-us", type=non_negative_int, default=ServingSettings().max_queue_delay_us
+    )
+    parser.add_argument("--preferred-batch", type=positive_int, nargs="+", default=None)
+    parser.add_argument("--instances", type=positive_int, default=ServingSettings().instance_count)
+    parser.add_argument(
+        "--onnx-threads",
+        type=non_negative_int,
+        default=ServingSettings().onnx_threads,
+        help="0: one per core",
     )
     parser.add_argument(
         "--onnx-spinning",
@@ -506,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--perf-analyzer", help="the perf_analyzer binary")
     parser.add_argument("--perf-analyzer-libs", help="folder of libcudart.so.12 for it")
-    parser.add_argument("--perf-analyzer-concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument(
+        "--perf-analyzer-concurrency", type=positive_int, nargs="+", default=[1, 16]
+    )
     parser.add_argument("--output", type=Path, help="write the figures as JSON here too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -516,6 +534,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    try:
+        settings = ServingSettings(
+            max_queue_delay_us=args.queue_delay_us,
+            instance_count=args.instances,
+            onnx_threads=args.onnx_threads,
+            onnx_spinning=args.onnx_spinning,
+            **(
+                {"preferred_batch_sizes": tuple(args.preferred_batch)}
+                if args.preferred_batch
+                else {}
+            ),
+        )
+    except ValueError as error:
+        parser.error(f"serving settings: {error}")
+
     history = args.history.resolve() if args.history else None
     scorer = Scorer.load(args.model, history_path=history)
     variant = scorer.model.variant
@@ -523,16 +556,20 @@ def main(argv: list[str] | None = None) -> int:
     fits = fits_tokens(scorer, max_tokens) if max_tokens else None
     messages = sample_messages(args.corpora, args.messages, args.stride, fits)
     workload = f"up to {max_tokens} tokens" if max_tokens else "of every length"
+    if not messages:
+        logger.error("no message of %s in %s: nothing to measure", workload, args.corpora)
+        return 2
+    if len(messages) < args.messages:
+        logger.warning(
+            "measuring %d messages, not the %d asked for: the archives hold no more %s "
+            "at every %d-th message",
+            len(messages),
+            args.messages,
+            workload,
+            args.stride,
+        )
     logger.info("model %s (variant %s), %d messages", args.model, variant, len(messages))
     in_process = bench_in_process(scorer, messages, args.batch)
-
-    settings = ServingSettings(
-        max_queue_delay_us=args.queue_delay_us,
-        instance_count=args.instances,
-        onnx_threads=args.onnx_threads,
-        onnx_spinning=args.onnx_spinning,
-        **({"preferred_batch_sizes": tuple(args.preferred_batch)} if args.preferred_batch else {}),
-    )
     notes = []
     with tempfile.TemporaryDirectory(prefix="bulwark-bench-") as work:
         work = Path(work)

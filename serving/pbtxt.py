@@ -153,7 +153,10 @@ def onnx_options(model_config: dict) -> dict:
     threads = value(ONNX_THREADS)
     if threads is not None:
         if not threads.isdigit():
-            raise ValueError(f"config.pbtxt {ONNX_THREADS} must be a whole number, got {threads!r}")
+            raise ValueError(
+                f"config.pbtxt {ONNX_THREADS} must be a whole number, 0 (one per core) or "
+                f"more, got {threads!r}"
+            )
         options["threads"] = int(threads)
     spinning = value(ONNX_SPINNING)
     if spinning is not None:

@@ -20,10 +20,13 @@ Contract:
   policy. Which variant a repository serves by default is chosen, and the figures
   behind the choice written beside it, by `training.variants`.
 
-Run:
-    python -m training.export --checkpoint runs/checkpoint --repository model_repository
-    python -m training.export --checkpoint runs/checkpoint --variant int8
-    python -m training.export --checkpoint runs/student --variant distilled-int8
+Run (the dataset's validation split fits the published version's decision policy;
+`--uncalibrated` publishes the default policy instead):
+    python -m training.export --checkpoint runs/demo/checkpoint --dataset runs/demo/dataset
+    python -m training.export --checkpoint runs/demo/checkpoint --dataset runs/demo/dataset \
+        --variant int8
+    python -m training.export --checkpoint runs/student --dataset runs/demo/dataset \
+        --variant distilled-int8
 """
 
 from __future__ import annotations
@@ -310,9 +313,49 @@ def main(argv: list[str] | None = None) -> None:
         help="full: as trained (fp32); int8: quantised; distilled[-int8]: a student "
         "checkpoint from training.distill (see docs/performance.md)",
     )
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        help="a saved DatasetDict: parity is checked on its validation messages and the "
+        "decision policy fitted on them, as the pipeline does",
+    )
+    parser.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="publish without --dataset, with the default policy (threshold 0.5, no "
+        "calibration): for trying the export, not for serving mail",
+    )
     args = parser.parse_args(argv)
+    if args.dataset is None and not args.uncalibrated:
+        parser.error(
+            "without --dataset the version would carry the default, uncalibrated policy "
+            "(attack threshold 0.5) and become the repository's newest version, the one "
+            "`bulwark score` uses; pass --dataset DATASET to fit the policy on its "
+            "validation split, or --uncalibrated to publish it anyway"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(export_model(args.checkpoint, args.repository, variant=args.variant))
+    if args.dataset is None:
+        print(export_model(args.checkpoint, args.repository, variant=args.variant))
+    else:
+        print(export_calibrated(args.checkpoint, args.dataset, args.repository, args.variant))
+
+
+def export_calibrated(checkpoint: Path, dataset: Path, repository: Path, variant: str) -> Path:
+    """Export `variant`, fit its decision policy on the dataset's validation split and
+    publish it with its evaluation reports, as `training.variants` does for each."""
+    from training.dataset import load_dataset_dict
+    from training.variants import VariantsConfig, evaluate_variant
+
+    data, _ = load_dataset_dict(dataset)
+    config = VariantsConfig(variants=(variant,))
+    validation = data["validation"]
+    parity = validation.select(range(min(config.parity_messages, len(validation))))
+    parity_rows = list(zip(parity["text"], parity["signals"], strict=True))
+    with tempfile.TemporaryDirectory() as staging:
+        export_variant(Path(checkpoint), Path(staging), parity_rows, variant)
+        _, policy, reports = evaluate_variant(Path(staging), data, config)
+        extra = {"evaluation": reports, "operating_fpr": config.operating_fpr}
+        return publish_version(Path(staging), Path(repository), policy, extra)
 
 
 if __name__ == "__main__":

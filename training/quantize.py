@@ -60,17 +60,24 @@ def quantize_model(source: Path, target: Path, config: QuantizeConfig | None = N
         raise ValueError(f"quantise into another file than the source, got {source} for both")
     target.parent.mkdir(parents=True, exist_ok=True)
 
-    quantize_dynamic(
-        str(source),
-        str(target),
-        op_types_to_quantize=list(config.operators),
-        per_channel=config.per_channel,
-        reduce_range=config.reduce_range,
-        weight_type=QuantType.QInt8,
-        # the fused operators (Attention, SkipLayerNormalization) are outside ONNX
-        # shape inference, so their outputs' type is stated
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    # the quantiser logs a line per tensor of unknown type on the root logger
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        quantize_dynamic(
+            str(source),
+            str(target),
+            op_types_to_quantize=list(config.operators),
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            weight_type=QuantType.QInt8,
+            # the fused operators (Attention, SkipLayerNormalization) are outside ONNX
+            # shape inference, so their outputs' type is stated
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        root.setLevel(level)
     before = Counter(node.op_type for node in onnx.load(str(source)).graph.node)
     after = Counter(node.op_type for node in onnx.load(str(target)).graph.node)
     summary = {

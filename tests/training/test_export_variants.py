@@ -75,3 +75,29 @@ def test_each_variant_is_published_as_a_version_with_the_figures_beside_it(tmp_p
     published = json.loads((tmp_path / "repo" / "bulwark" / "1" / "bulwark.json").read_text())
     assert published["variant"]["name"] == figures["default"]
     assert (tmp_path / "repo" / "bulwark" / "config.pbtxt").is_file()
+
+
+def test_export_command_refuses_to_publish_the_default_policy_unasked(tmp_path, capsys):
+    from training.export import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--checkpoint", str(tiny_checkpoint()), "--repository", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "uncalibrated" in capsys.readouterr().err
+    assert not (tmp_path / "bulwark").exists()
+
+
+def test_export_command_with_a_dataset_publishes_the_policy_fitted_on_validation(tmp_path):
+    from training.export import main
+
+    data_dir = tmp_path / "dataset"
+    tiny_training_data().save_to_disk(str(data_dir))
+    main(
+        ["--checkpoint", str(tiny_checkpoint()), "--dataset", str(data_dir)]
+        + ["--repository", str(tmp_path / "repository")]
+    )
+    meta = json.loads((tmp_path / "repository" / "bulwark" / "1" / "bulwark.json").read_text())
+    assert [report["split"] for report in meta["evaluation"]] == ["validation", "test"]
+    assert meta["operating_fpr"] == VariantsConfig().operating_fpr
+    assert meta["policy"]["score_calibration"] != "none"
+    assert meta["policy"]["mode"] != "manual"  # fitted, not the default policy
