@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 from detection.decision import decide  # noqa: E402
 from detection.features import extract_features, model_text, parse_for_model  # noqa: E402
 from detection.sources import RawMessage, iter_messages  # noqa: E402
-from serving.cli import positive_int  # noqa: E402
+from serving.cli import non_negative_int, positive_int  # noqa: E402
 from serving.client import BulwarkClient  # noqa: E402
 from serving.pbtxt import ServingSettings, write_config  # noqa: E402
 from serving.scorer import HISTORY_ENV, ScoreItem, Scorer  # noqa: E402
@@ -117,14 +117,6 @@ def sample_messages(
                 taken += 1
     logger.info("sampled %d messages from %d archives", len(messages), len(archives))
     return messages
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer of at least 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def fits_tokens(scorer: Scorer, max_tokens: int) -> Callable[[RawMessage], bool]:

@@ -109,6 +109,13 @@ def export_onnx(
     return difference
 
 
+def parity_rows_of(rows, limit: int) -> list[tuple[str, list[float]]]:
+    """The first `limit` (text, signals) pairs of a dataset split: the messages an
+    export is parity-checked on."""
+    chosen = rows.select(range(min(limit, len(rows))))
+    return list(zip(chosen["text"], chosen["signals"], strict=True))
+
+
 def export_variant(
     checkpoint_dir: Path,
     staging_dir: Path,
@@ -348,9 +355,7 @@ def export_calibrated(checkpoint: Path, dataset: Path, repository: Path, variant
 
     data, _ = load_dataset_dict(dataset)
     config = VariantsConfig(variants=(variant,))
-    validation = data["validation"]
-    parity = validation.select(range(min(config.parity_messages, len(validation))))
-    parity_rows = list(zip(parity["text"], parity["signals"], strict=True))
+    parity_rows = parity_rows_of(data["validation"], config.parity_messages)
     with tempfile.TemporaryDirectory() as staging:
         export_variant(Path(checkpoint), Path(staging), parity_rows, variant)
         _, policy, reports = evaluate_variant(Path(staging), data, config)

@@ -35,7 +35,7 @@ from training.evaluate import (
     tfidf_baseline_scores,
     write_report,
 )
-from training.export import VARIANTS, export_variant, publish_version
+from training.export import VARIANTS, export_variant, parity_rows_of, publish_version
 from training.model_card import model_card, write_model_card
 from training.train import code_version, train
 from training.variants import (
@@ -44,6 +44,7 @@ from training.variants import (
     evaluate_variant,
     figures_row,
     measure_speed,
+    scored_splits,
     variant_figures,
 )
 
@@ -125,22 +126,23 @@ def train_and_publish(
         train(train_config, data, checkpoint, fingerprint)
 
     with StageTimer(seconds, "export"):
-        parity = data["validation"].select(range(min(PARITY_MESSAGES, len(data["validation"]))))
-        parity_rows = list(zip(parity["text"], parity["signals"], strict=True))
+        parity_rows = parity_rows_of(data["validation"], PARITY_MESSAGES)
         entries = {
             variant: export_variant(checkpoint, staging / variant, parity_rows, variant)
             for variant in config.variants
         }
 
+    variants_config = config.variants_config()
     with StageTimer(seconds, "evaluate"):
-        baseline = _baseline_scores(data, _scored_splits(data, config)) if config.baseline else {}
+        splits = scored_splits(data, config.eval_splits)
+        baseline = _baseline_scores(data, splits) if config.baseline else {}
         evaluated = {
-            variant: evaluate_variant(staging / variant, data, config.variants_config(), baseline)
+            variant: evaluate_variant(staging / variant, data, variants_config, baseline)
             for variant in config.variants
         }
 
     with StageTimer(seconds, "choose_variant"):
-        figures = _variant_figures(entries, evaluated, staging, data, config)
+        figures = _variant_figures(entries, evaluated, staging, data, variants_config)
         default = figures["default"]
         chosen = staging / default
         probabilities, policy, reports = evaluated[default]
@@ -162,15 +164,10 @@ def train_and_publish(
     return PipelineResult(version_dir, reports, seconds)
 
 
-def _scored_splits(data: DatasetDict, config: PipelineConfig) -> list[str]:
-    return [split for split in config.eval_splits if split in data and len(data[split])]
-
-
-def _variant_figures(entries, evaluated, staging: Path, data, config: PipelineConfig) -> dict:
+def _variant_figures(entries, evaluated, staging: Path, data, config: VariantsConfig) -> dict:
     """The variants' recall and speed side by side, and the default the rule picks."""
-    variants_config = config.variants_config()
     rows = [
-        figures_row(variant, entries[variant], evaluated[variant][2], variants_config)
+        figures_row(variant, entries[variant], evaluated[variant][2], config)
         for variant in config.variants
     ]
     validation = data["validation"]
@@ -180,7 +177,7 @@ def _variant_figures(entries, evaluated, staging: Path, data, config: PipelineCo
     )
     for row in rows:
         row["speed"] = speeds[row["variant"]]
-    return variant_figures(rows, variants_config)
+    return variant_figures(rows, config)
 
 
 def _card(data, fingerprint, train_config, config, policy, probabilities) -> dict:

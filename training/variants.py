@@ -37,7 +37,7 @@ from serving.scorer import OnnxFusion
 from training.calibration import choose_policy
 from training.config import DistillConfig
 from training.evaluate import evaluation_report
-from training.export import VARIANTS, export_variant, publish_version
+from training.export import VARIANTS, export_variant, parity_rows_of, publish_version
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,7 @@ def build_variants(
     config = config or VariantsConfig()
     workdir = Path(workdir)
     validation = data["validation"]
-    parity = validation.select(range(min(config.parity_messages, len(validation))))
-    parity_rows = list(zip(parity["text"], parity["signals"], strict=True))
+    parity_rows = parity_rows_of(validation, config.parity_messages)
 
     needs_student = [v for v in config.variants if v.startswith("distilled")]
     if needs_student and student is None:
@@ -158,7 +157,7 @@ def evaluate_variant(
     reports per split) of one staged variant, scored in ONNX Runtime as the server
     scores; `baseline` holds a comparison model's attack scores per split."""
     model = OnnxFusion(version_dir)
-    splits = [s for s in config.eval_splits if s in data and len(data[s])]
+    splits = scored_splits(data, config.eval_splits)
     probabilities = {
         split: model.probabilities(
             data[split]["text"], data[split]["signals"], progress=f"score {split}"
@@ -186,6 +185,11 @@ def evaluate_variant(
         for split in splits
     ]
     return probabilities, policy, reports
+
+
+def scored_splits(data: DatasetDict, splits: tuple[str, ...]) -> list[str]:
+    """Those of `splits` the table has, and with rows."""
+    return [split for split in splits if split in data and len(data[split])]
 
 
 def message_hits(rows) -> list[list[tuple[str, float]]]:
