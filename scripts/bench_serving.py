@@ -65,7 +65,7 @@ from detection.sources import RawMessage, iter_messages  # noqa: E402
 from serving.cli import non_negative_int, positive_int  # noqa: E402
 from serving.client import BulwarkClient  # noqa: E402
 from serving.pbtxt import ServingSettings, write_config  # noqa: E402
-from serving.scorer import HISTORY_ENV, ScoreItem, Scorer  # noqa: E402
+from serving.scorer import HISTORY_ENV, SPIN_MODES, ScoreItem, Scorer  # noqa: E402
 from serving.server import TritonServer  # noqa: E402
 from training.dataset import CORPORA  # noqa: E402
 
@@ -508,9 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--onnx-spinning",
-        action=argparse.BooleanOptionalAction,
+        choices=SPIN_MODES,
         default=ServingSettings().onnx_spinning,
-        help="ONNX Runtime threads busy-wait between calls",
+        help="when ONNX Runtime's threads busy-wait (serving.scorer.RuntimeSettings)",
     )
     parser.add_argument("--perf-analyzer", help="the perf_analyzer binary")
     parser.add_argument("--perf-analyzer-libs", help="folder of libcudart.so.12 for it")
@@ -592,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs; queue delay {settings.max_queue_delay_us} us, preferred "
         f"batches {list(settings.preferred_batch_sizes)}, {settings.instance_count} instance(s), "
         f"ONNX Runtime threads {settings.onnx_threads or 'one per core'}, spinning "
-        f"{'on' if settings.onnx_spinning else 'off'}\n"
+        f"{settings.onnx_spinning}\n"
     )
     print(table(rows))
     print()

@@ -48,6 +48,9 @@ HISTORY_ENV = "BULWARK_HISTORY_DB"
 DIRECTORY_ENV = "BULWARK_DIRECTORY"
 LEARN_ENV = "BULWARK_HISTORY_LEARN"  # "1": the served model records its safe verdicts
 WARM_UP_MESSAGE = b"From: warm-up@example.com\r\nSubject: warm-up\r\n\r\nwarm-up\r\n"
+# when ONNX Runtime's intra-op threads busy-wait for work instead of sleeping
+SPIN_NEVER, SPIN_WITHIN_CALLS, SPIN_ALWAYS = "never", "within-calls", "always"
+SPIN_MODES = (SPIN_NEVER, SPIN_WITHIN_CALLS, SPIN_ALWAYS)
 
 
 @dataclass(frozen=True)
@@ -62,21 +65,45 @@ class ScoreItem:
 class RuntimeSettings:
     """How ONNX Runtime runs the model; the defaults suit a small CPU host.
 
-    `threads` is ONNX Runtime's intra-op pool (0: one per physical core). Spinning
-    keeps those threads busy-waiting between calls, which cuts a single request's
-    latency and costs CPU under a light load. Rows are grouped by token length
-    (`buckets`) into calls of at most `max_batch_tokens` padded tokens.
+    `threads` is ONNX Runtime's intra-op pool (0: one per physical core).
+    `spinning` says when those threads busy-wait for work instead of sleeping:
+    "always" (between calls too: the lowest latency for one caller, and a core
+    burnt while idle), "within-calls" (from one operator to the next of a call,
+    stopping as soon as the call returns, so an idle session leaves the cores to
+    other work) or "never". Rows are grouped by token length (`buckets`) into calls
+    of at most `max_batch_tokens` padded tokens.
     """
 
     threads: int = 0
-    spinning: bool = True
+    spinning: str = SPIN_ALWAYS
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS
 
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (one per core) or more, got {self.threads}")
+        if self.spinning not in SPIN_MODES:
+            raise ValueError(f"spinning must be one of {SPIN_MODES}, got {self.spinning!r}")
         length_buckets([1], self.buckets, self.max_batch_tokens)  # validates both
+
+
+def runs_rows_alone(meta: dict) -> bool:
+    """Whether a version's rows must each get an ONNX Runtime call of their own.
+
+    An int8 version (dynamic quantisation) quantises its activations with one range
+    per call, taken over every row of the call and their padding. Run together, a
+    message would score differently beside different messages (by up to 0.17 in
+    attack probability on the demo's test split) and a crafted message could move
+    the scores of the mail batched with it; alone, it scores the same on every path.
+    """
+    return bool(meta.get("variant", {}).get("quantization"))
+
+
+def call_groups(lengths: Sequence[int], settings: RuntimeSettings, rows_alone: bool):
+    """The row indices of each ONNX Runtime call for rows of these token lengths:
+    the length buckets of `settings`, or one row per call when `rows_alone`."""
+    groups = length_buckets(lengths, settings.buckets, settings.max_batch_tokens)
+    return [[row] for group in groups for row in group] if rows_alone else groups
 
 
 class OnnxFusion:
@@ -97,9 +124,12 @@ class OnnxFusion:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.settings.threads
         options.inter_op_num_threads = 1
+        spinning = self.settings.spinning
         options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if self.settings.spinning else "0"
+            "session.intra_op.allow_spinning", "0" if spinning == SPIN_NEVER else "1"
         )
+        if spinning == SPIN_WITHIN_CALLS:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = ort.InferenceSession(
             str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
@@ -107,6 +137,7 @@ class OnnxFusion:
         self.max_length = int(self.meta["max_length"])
         self.head_tokens = int(self.meta["head_tokens"])
         self.variant = self.meta.get("variant", {}).get("name", "full")
+        self.rows_alone = runs_rows_alone(self.meta)
 
     def probabilities(
         self,
@@ -117,8 +148,8 @@ class OnnxFusion:
         """(len(texts), classes) probabilities, in input order.
 
         Texts are tokenised once, then run in length buckets (see `RuntimeSettings`),
-        so little of each call is padding. `progress` names a progress bar to show
-        (none by default).
+        so little of each call is padding, or one at a time for an int8 version
+        (`runs_rows_alone`). `progress` names a progress bar to show (none by default).
         """
         if len(texts) != len(signals):
             raise ValueError(f"got {len(texts)} texts but {len(signals)} signal rows")
@@ -126,9 +157,7 @@ class OnnxFusion:
         if not texts:
             return result
         rows = encode_rows(self.tokenizer, texts, self.max_length, self.head_tokens)
-        groups = length_buckets(
-            [len(r) for r in rows], self.settings.buckets, self.settings.max_batch_tokens
-        )
+        groups = call_groups([len(r) for r in rows], self.settings, self.rows_alone)
         for group in tqdm(groups, desc=progress, disable=progress is None, unit="batch"):
             result[group] = self._run([rows[i] for i in group], [signals[i] for i in group])
         return result

@@ -69,7 +69,6 @@ class EvaluateConfig:
     gaps: GapConfig = field(default_factory=GapConfig)
     tfidf: TfidfConfig = field(default_factory=TfidfConfig)
     gbm: GbmConfig = field(default_factory=GbmConfig)
-    batch_size: int = 16
 
     def __post_init__(self) -> None:
         if not 0 < self.operating_fpr < 1:
@@ -115,9 +114,8 @@ def score_version(
     if text_only:
         signals = [[0.0] * len(row) for row in signals]
     started = time.monotonic()
-    probabilities, pooled = model.run(
-        table["text"].tolist(), signals, config.batch_size, progress=f"score {name}"
-    )
+    # run in the calls every scoring path makes (serving.scorer.call_groups)
+    probabilities, pooled = model.run(table["text"].tolist(), signals, progress=f"score {name}")
     logger.info(
         "scored %d messages with %s in %.0f s", len(table), name, time.monotonic() - started
     )

@@ -14,7 +14,9 @@ Contract:
   messages of one population (all attacks, or all safe mail).
 - `PooledOnnxFusion(version_dir)` runs an exported model version in ONNX Runtime and
   returns both its probabilities and the pooled MiniLM text embedding the head reads
-  (the graph's own intermediate output, so the numbers are the served model's).
+  (the graph's own intermediate output, so the numbers are the served model's). It
+  groups rows into calls as `serving.scorer.OnnxFusion` does, so its probabilities
+  are those every scoring path gets.
 - `svd_embeddings(texts, ...)` is the fallback when no MiniLM version is evaluated:
   TF-IDF reduced by truncated SVD.
 """
@@ -31,9 +33,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from detection.encoding import encode_batch, load_tokenizer
+from detection.encoding import encode_rows, load_tokenizer, pad_rows
 from detection.signals import SIGNAL_NAMES
 from detection.tensors import ATTENTION_MASK, CLASS_NAMES, INPUT_IDS, PROBABILITIES, SIGNALS
+from serving.scorer import RuntimeSettings, call_groups, runs_rows_alone
 
 logger = logging.getLogger(__name__)
 
@@ -52,19 +55,28 @@ class GapConfig:
 
 
 class PooledOnnxFusion:
-    """An exported version whose session also returns the pooled text embedding."""
+    """An exported version whose session also returns the pooled text embedding.
 
-    def __init__(self, version_dir: Path, threads: int = 0) -> None:
+    Rows are grouped into ONNX Runtime calls as `serving.scorer.OnnxFusion` groups
+    them (`call_groups`: length buckets, or one row per call for an int8 version,
+    whose scores would otherwise depend on the rows run beside it), so both give a
+    message the same probabilities.
+    """
+
+    def __init__(self, version_dir: Path, settings: RuntimeSettings | None = None) -> None:
         import onnx
         import onnxruntime as ort
 
         self.meta = json.loads((version_dir / "bulwark.json").read_text())
+        self.settings = settings or RuntimeSettings()
+        self.rows_alone = runs_rows_alone(self.meta)
         graph = onnx.load(str(version_dir / "model.onnx"))
         self.pooled_name = _pooled_output(graph)
         if self.pooled_name:
             graph.graph.output.append(onnx.ValueInfoProto(name=self.pooled_name))
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.settings.threads
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(
             graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
@@ -77,34 +89,34 @@ class PooledOnnxFusion:
         self,
         texts: Sequence[str],
         signals: Sequence[Sequence[float]],
-        batch_size: int = 16,
         progress: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities, pooled embeddings or None), in input order; texts are run
-        in batches of similar length, so little of a batch is padding."""
+        """(probabilities, pooled embeddings or None), in input order; `progress` names
+        a progress bar (none by default)."""
         outputs = [PROBABILITIES.name] + ([self.pooled_name] if self.pooled_name else [])
         probabilities = np.zeros((len(texts), len(CLASS_NAMES)), dtype=np.float32)
         pooled = None
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc=progress, disable=progress is None, unit="batch"):
-            rows = order[start : start + batch_size]
-            ids, mask = encode_batch(
-                self.tokenizer, [texts[i] for i in rows], self.max_length, self.head_tokens
-            )
+        if not texts:
+            return probabilities, pooled
+
+        # tokenised once, then run in the scorer's calls
+        rows = encode_rows(self.tokenizer, texts, self.max_length, self.head_tokens)
+        groups = call_groups([len(r) for r in rows], self.settings, self.rows_alone)
+        for group in tqdm(groups, desc=progress, disable=progress is None, unit="batch"):
+            ids, mask = pad_rows([rows[i] for i in group])
             feeds = {
                 INPUT_IDS.name: ids,
                 ATTENTION_MASK.name: mask,
-                SIGNALS.name: np.asarray([signals[i] for i in rows], dtype=np.float32).reshape(
-                    len(rows), -1
+                SIGNALS.name: np.asarray([signals[i] for i in group], dtype=np.float32).reshape(
+                    len(group), -1
                 ),
             }
             result = self.session.run(outputs, feeds)
-            probabilities[rows] = result[0]
+            probabilities[group] = result[0]
             if self.pooled_name:
                 if pooled is None:
                     pooled = np.zeros((len(texts), result[1].shape[1]), dtype=np.float32)
-                pooled[rows] = result[1]
+                pooled[group] = result[1]
         return probabilities, pooled
 
 

@@ -71,6 +71,7 @@ def test_write_config_puts_it_under_the_model_name(tmp_path):
         ({"max_batch_size": 0}, "max_batch_size must be at least 1, got 0"),
         ({"preferred_batch_sizes": (8, 128)}, r"lie in \[1, max_batch_size=64\], got \[8, 128\]"),
         ({"max_queue_delay_us": -1}, "max_queue_delay_us must be >= 0, got -1"),
+        ({"onnx_spinning": "yes"}, "onnx_spinning must be one of .* got 'yes'"),
     ],
 )
 def test_settings_reject_values_out_of_range(values, match):
@@ -84,9 +85,13 @@ def as_model_config(text: str) -> dict:
 
 
 def test_onnx_runtime_settings_reach_the_model_through_the_config():
-    text = render_config(ServingSettings(onnx_threads=1, onnx_spinning=True))
-    assert onnx_options(as_model_config(text)) == {"threads": 1, "spinning": True}
-    assert onnx_options(as_model_config(render_config())) == {"threads": 0, "spinning": False}
+    text = render_config(ServingSettings(onnx_threads=1, onnx_spinning="within-calls"))
+    assert onnx_options(as_model_config(text)) == {"threads": 1, "spinning": "within-calls"}
+    defaults = ServingSettings()
+    assert onnx_options(as_model_config(render_config())) == {
+        "threads": defaults.onnx_threads,
+        "spinning": defaults.onnx_spinning,
+    }
 
 
 def test_a_config_without_onnx_parameters_leaves_the_runtime_defaults():
@@ -95,7 +100,7 @@ def test_a_config_without_onnx_parameters_leaves_the_runtime_defaults():
 
 @pytest.mark.parametrize(
     ("key", "value", "rule"),
-    [("ONNX_THREADS", "two", "whole number"), ("ONNX_SPINNING", "maybe", "'yes' or 'no'")],
+    [("ONNX_THREADS", "two", "whole number"), ("ONNX_SPINNING", "maybe", "one of")],
 )
 def test_a_bad_onnx_parameter_is_refused_naming_it(key, value, rule):
     config = {"parameters": {key: {"string_value": value}}}

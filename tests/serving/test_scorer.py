@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from detection.signals import SIGNAL_NAMES
 from serving.scorer import OnnxFusion, RuntimeSettings
 from tests.model_fixtures import tiny_model_version
 from tests.synthetic_mail import synthetic_corpus
@@ -45,6 +46,42 @@ def test_negative_thread_count_is_refused():
         RuntimeSettings(threads=-1)
 
 
+def test_an_unknown_spinning_mode_is_refused_naming_the_modes():
+    with pytest.raises(ValueError, match=r"spinning must be one of .*within-calls.* got 'yes'"):
+        RuntimeSettings(spinning="yes")
+
+
+@pytest.mark.parametrize("spinning", ["never", "within-calls", "always"])
+def test_every_spinning_mode_scores_the_same(spinning):
+    _, version_dir = tiny_model_version()
+    signals = [[0.0] * len(SIGNAL_NAMES)]
+    expected = OnnxFusion(version_dir).probabilities(["invoice overdue"], signals)
+    model = OnnxFusion(version_dir, settings=RuntimeSettings(spinning=spinning))
+    np.testing.assert_allclose(model.probabilities(["invoice overdue"], signals), expected)
+
+
 def test_a_full_model_without_a_variant_entry_reads_as_full():
     _, version_dir = tiny_model_version()
     assert OnnxFusion(version_dir).variant == "full"
+
+
+def test_an_int8_version_scores_a_message_the_same_whatever_runs_beside_it(tmp_path):
+    from tests.training.speed_fixtures import parity_rows, tiny_checkpoint
+    from training.export import export_variant
+
+    export_variant(tiny_checkpoint(), tmp_path, parity_rows(8), "int8")
+    model = OnnxFusion(tmp_path)
+    texts = _texts_of_mixed_length()
+    signals = [[0.0] * len(SIGNAL_NAMES)] * len(texts)
+    alone = np.vstack([model.probabilities([t], [s]) for t, s in zip(texts, signals, strict=True)])
+
+    assert model.rows_alone
+    np.testing.assert_array_equal(model.probabilities(texts, signals), alone)
+    # the reason: run in shared calls, its activations are quantised with its neighbours'
+    model.rows_alone = False
+    assert not np.array_equal(model.probabilities(texts, signals), alone)
+
+
+def test_a_full_version_still_runs_its_rows_in_length_buckets():
+    _, version_dir = tiny_model_version()
+    assert not OnnxFusion(version_dir).rows_alone

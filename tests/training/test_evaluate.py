@@ -141,3 +141,38 @@ def test_a_text_only_version_is_scored_with_its_signals_zeroed(tmp_path):
     assert "signals zeroed" in scored.note
     np.testing.assert_allclose(scored.scores, calibrated_scores(zeroed, temperature)[:, 2])
     assert not np.allclose(zeroed, unzeroed)
+
+
+def test_evaluate_scores_an_int8_version_as_the_pipeline_report_does(tmp_path):
+    # an int8 version quantises its activations per ONNX Runtime call, so a message's
+    # score depends on the rows it is run with: `bulwark evaluate` must group rows as
+    # the pipeline's report (serving.scorer.OnnxFusion) does, or the same model on
+    # the same rows shows another "recall at 0.1% FPR"
+    from detection.decision import DecisionPolicy
+    from serving.scorer import OnnxFusion
+    from tests.training.speed_fixtures import parity_rows, tiny_checkpoint, tiny_training_data
+    from training.calibration import ATTACK, calibrated_scores
+    from training.evaluate import FPR_POINTS, MetricsConfig, model_metrics
+    from training.evaluate_cli import EvaluateConfig, score_version
+    from training.export import export_variant
+    from training.splits import pooled_frame
+    from training.variants import message_hits
+
+    export_variant(tiny_checkpoint(), tmp_path, parity_rows(8), "int8")
+    table = pooled_frame(tiny_training_data())  # every split: more rows than one call of 16
+    labels = table["label"].to_numpy()
+    model, _served = score_version("int8", tmp_path, table, EvaluateConfig())
+
+    pipeline = OnnxFusion(tmp_path)
+    policy = DecisionPolicy(**pipeline.meta.get("policy", {}))
+    probabilities = pipeline.probabilities(table["text"].tolist(), table["signals"].tolist())
+    report = evaluation_report(
+        "all", probabilities, labels, table["source"], policy, hits=message_hits(table)
+    )
+    np.testing.assert_array_equal(
+        model.scores, calibrated_scores(probabilities, policy.temperature)[:, ATTACK]
+    )
+    figures = model_metrics(model.scores, labels, model.threshold, MetricsConfig(bootstrap=0))
+    for fpr in FPR_POINTS:
+        key = f"fpr_{fpr:g}"
+        assert figures["at_fpr"][key]["recall"] == report["model"][key]["recall"]
