@@ -80,12 +80,33 @@ def test_pipeline_publishes_the_variant_the_rule_picks_with_every_variants_figur
     assert (tmp_path / "work" / "reports" / "variants.json").is_file()
 
 
-def test_pipeline_refuses_variants_that_need_a_distilled_student():
+def test_pipeline_exports_distilled_variants_from_a_student_it_distils(tmp_path):
+    from training.config import PRESETS, DistillConfig
+    from training.dataset import dataset_from_messages
+    from training.pipeline import PipelineConfig, train_and_publish
+
+    data = dataset_from_messages(synthetic_raw_messages(), org="synthetic")
+    student = DistillConfig(layers=(0,), epochs=1, max_steps=2, mixed_precision="no")
+    config = PipelineConfig(
+        operating_fpr=0.05, baseline=False, variants=("full", "distilled-int8"), distill=student
+    )
+    result = train_and_publish(
+        data, "synthetic", tmp_path / "work", tmp_path / "repository", PRESETS["tiny"], config
+    )
+    figures = json.loads((result.version_dir / "variants.json").read_text())
+    layers = {row["variant"]: row["encoder_layers"] for row in figures["variants"]}
+    teacher_layers = layers["full"]
+    assert layers == {"full": teacher_layers, "distilled-int8": 1}
+    assert (tmp_path / "work" / "student" / "checkpoint.json").is_file()
+    assert "distill" in result.stage_seconds
+
+
+def test_pipeline_refuses_variants_without_the_full_model_or_unknown_ones():
     import pytest
 
     from training.pipeline import PipelineConfig
 
-    with pytest.raises(ValueError, match="distilled"):
-        PipelineConfig(variants=("full", "distilled"))
     with pytest.raises(ValueError, match="must include 'full'"):
         PipelineConfig(variants=("int8",))
+    with pytest.raises(ValueError, match="among .*got \\['full', 'fp16'\\]"):
+        PipelineConfig(variants=("full", "fp16"))

@@ -140,7 +140,7 @@ def _config(tmp_path: Path, repository: Path, feedback: Path, **gate):
                 "min_per_category": 2,
             },
             "train": {"preset": "tiny", "max_steps": 6},
-            "pipeline": {"operating_fpr": 0.05, "baseline": False},
+            "pipeline": {"operating_fpr": 0.05, "baseline": False, "variants": ["full", "int8"]},
             "gate": {"operating_fpr": 0.2, **gate},
         }
     )
