@@ -89,6 +89,9 @@ _TIMEOUT_STATUSES = ("StatusCode.DEADLINE_EXCEEDED", "504")
 _MODEL_STATUSES = ("StatusCode.INVALID_ARGUMENT", "400", "StatusCode.INTERNAL", "500")
 QUEUE_FULL_TEXT = "Exceeds maximum queue size"
 QUEUE_TIMEOUT_TEXT = "Request timeout expired"
+# a model whose versions are being loaded or unloaded (a reload, a server shutting
+# down) answers NOT_FOUND / 400 with this; an unknown model name says "is not found"
+NO_VERSIONS_TEXT = "has no available versions"
 
 _ATTEMPTS = prom.Counter("bulwark_client_attempts", "Requests the Bulwark client sent")
 _SCORED = prom.Counter("bulwark_client_scored", "Messages the Bulwark client got verdicts for")
@@ -221,6 +224,8 @@ def classify(error: BaseException) -> RequestFailed:
 def _classify_server_error(error: InferenceServerException) -> RequestFailed:
     status = str(error.status()) if error.status() is not None else None
     text = error.message() or str(error)
+    if NO_VERSIONS_TEXT in text:
+        return RequestFailed("unavailable", text)
     if status in _BUSY_STATUSES:
         if QUEUE_FULL_TEXT in text or status in _OVERLOADED_STATUSES:
             return RequestFailed("queue_full", text)

@@ -70,6 +70,8 @@ class ScriptedClient(BulwarkClient):
 QUEUE_FULL = "[request id: <id_unknown>] Exceeds maximum queue size"
 GRPC_UNAVAILABLE = "StatusCode.UNAVAILABLE"
 UNSCORABLE = "ValueError: message is unscorable"
+# what a request gets while the server unloads the model on its way down
+NO_VERSIONS = "Request for unknown model: 'bulwark' has no available versions"
 
 
 def server_error(text: str, status: str) -> InferenceServerException:
@@ -95,6 +97,8 @@ def server_error(text: str, status: str) -> InferenceServerException:
         (server_error(UNSCORABLE, "400"), "model_error"),
         (server_error("scoring failed: RuntimeError: crashed", "500"), "model_error"),
         (server_error("Request for unknown model: 'bulwark' is not found", "404"), "rejected"),
+        (server_error(NO_VERSIONS, "StatusCode.NOT_FOUND"), "unavailable"),
+        (server_error(NO_VERSIONS, "400"), "unavailable"),
         (ValueError("VERDICT must hold one value"), "bad_response"),
     ],
 )
