@@ -102,8 +102,9 @@ def runs_rows_alone(meta: dict) -> bool:
 def call_groups(lengths: Sequence[int], settings: RuntimeSettings, rows_alone: bool):
     """The row indices of each ONNX Runtime call for rows of these token lengths:
     the length buckets of `settings`, or one row per call when `rows_alone`."""
-    groups = length_buckets(lengths, settings.buckets, settings.max_batch_tokens)
-    return [[row] for group in groups for row in group] if rows_alone else groups
+    if rows_alone:
+        return [[row] for row in range(len(lengths))]
+    return length_buckets(lengths, settings.buckets, settings.max_batch_tokens)
 
 
 class OnnxFusion:

@@ -63,6 +63,11 @@ OPSET = 17
 TRITON_MODEL_FILE = Path(__file__).resolve().parents[1] / "serving" / "triton_model.py"
 
 
+def is_distilled(variant: str) -> bool:
+    """Whether `variant` is exported from a distilled student, not the trained model."""
+    return variant.startswith("distilled")
+
+
 class ParityError(RuntimeError):
     pass
 
@@ -133,12 +138,12 @@ def export_variant(
     checkpoint_dir, staging_dir = Path(checkpoint_dir), Path(staging_dir)
     checkpoint = json.loads((checkpoint_dir / "checkpoint.json").read_text())
     distilled = "distillation" in checkpoint
-    if variant.startswith("distilled") and not distilled:
+    if is_distilled(variant) and not distilled:
         raise ValueError(
             f"variant {variant!r} needs a student checkpoint from training.distill; "
             f"{checkpoint_dir} was not distilled"
         )
-    if not variant.startswith("distilled") and distilled:
+    if not is_distilled(variant) and distilled:
         raise ValueError(
             f"variant {variant!r} needs a checkpoint from training.train; {checkpoint_dir} is "
             "a distilled student (export it as 'distilled' or 'distilled-int8')"

@@ -36,7 +36,13 @@ from training.evaluate import (
     tfidf_baseline_scores,
     write_report,
 )
-from training.export import VARIANTS, export_variant, parity_rows_of, publish_version
+from training.export import (
+    VARIANTS,
+    export_variant,
+    is_distilled,
+    parity_rows_of,
+    publish_version,
+)
 from training.model_card import model_card, write_model_card
 from training.train import code_version, train
 from training.variants import (
@@ -76,10 +82,6 @@ class PipelineConfig:
                 f"pipeline variants must include 'full' and be among {list(VARIANTS)}, "
                 f"got {list(self.variants)}"
             )
-
-    @property
-    def needs_student(self) -> bool:
-        return any(variant.startswith("distilled") for variant in self.variants)
 
     def variants_config(self) -> VariantsConfig:
         return VariantsConfig(
@@ -132,7 +134,7 @@ def train_and_publish(
         train(train_config, data, checkpoint, fingerprint)
 
     student = None
-    if config.needs_student:
+    if any(map(is_distilled, config.variants)):
         from training.distill import distill
 
         # one process holds one Accelerate state: the student trains in its teacher's precision
@@ -146,7 +148,7 @@ def train_and_publish(
         parity_rows = parity_rows_of(data["validation"], PARITY_MESSAGES)
         entries = {
             variant: export_variant(
-                student if variant.startswith("distilled") else checkpoint,
+                student if is_distilled(variant) else checkpoint,
                 staging / variant,
                 parity_rows,
                 variant,

@@ -37,7 +37,13 @@ from serving.scorer import OnnxFusion
 from training.calibration import choose_policy
 from training.config import DistillConfig
 from training.evaluate import evaluation_report
-from training.export import VARIANTS, export_variant, parity_rows_of, publish_version
+from training.export import (
+    VARIANTS,
+    export_variant,
+    is_distilled,
+    parity_rows_of,
+    publish_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,15 +96,14 @@ def build_variants(
     validation = data["validation"]
     parity_rows = parity_rows_of(validation, config.parity_messages)
 
-    needs_student = [v for v in config.variants if v.startswith("distilled")]
-    if needs_student and student is None:
+    if student is None and any(map(is_distilled, config.variants)):
         from training.distill import distill
 
         student = distill(teacher, data, workdir / "student", distill_config, fingerprint)
 
     staged, rows = {}, []
     for variant in config.variants:
-        checkpoint = student if variant.startswith("distilled") else teacher
+        checkpoint = student if is_distilled(variant) else teacher
         staging = workdir / "staging" / variant
         done = workdir / "evaluated" / f"{variant}.json"
         if reuse and done.is_file():
