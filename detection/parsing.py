@@ -874,12 +874,11 @@ def part_spans(body: bytes, boundary: str) -> list[tuple[int, int]]:
     boundary line is present."""
     if not boundary:
         return []
-    delimiter = re.compile(
-        rb"^--" + re.escape(boundary.encode("utf-8", "replace")) + rb"(--)?[ \t]*\r?$", re.MULTILINE
-    )
+    marker = b"--" + boundary.encode("utf-8", "replace")
+    delimiter = re.compile(re.escape(marker) + rb"(--)?[ \t]*\r?$", re.MULTILINE)
     spans = []
     start = None
-    for match in delimiter.finditer(body):
+    for match in _delimiter_lines(body, marker, delimiter):
         if start is not None:
             end = match.start()
             end -= 2 if body[end - 2 : end] == b"\r\n" else 1 if body[end - 1 : end] == b"\n" else 0
@@ -892,6 +891,20 @@ def part_spans(body: bytes, boundary: str) -> list[tuple[int, int]]:
     if start is not None:
         spans.append((start, len(body)))
     return spans
+
+
+def _delimiter_lines(body: bytes, marker: bytes, delimiter: re.Pattern):
+    """The matches of `delimiter` that start a line, in order: each is found from an
+    occurrence of `marker` (a literal search, where a pattern anchored at every line
+    start costs a step per byte of a large attachment)."""
+    at = body.find(marker)
+    while at >= 0:
+        match = delimiter.match(body, at) if at == 0 or body[at - 1] == 0x0A else None
+        if match is not None:
+            yield match
+            at = body.find(marker, max(match.end(), at + 1))
+        else:
+            at = body.find(marker, at + 1)
 
 
 def _split_multipart(body: bytes, boundary: str) -> list[bytes] | None:

@@ -161,6 +161,10 @@ _SALUTATION = re.compile(
 _CORPUS_PLACEHOLDER = re.compile(
     b"|".join(re.escape(p.encode()) for p in CORPUS_RECIPIENT_PLACEHOLDERS), re.IGNORECASE
 )
+_PLACEHOLDER_BYTES = tuple(p.lower().encode() for p in CORPUS_RECIPIENT_PLACEHOLDERS)
+# each local part is one scan of the text; past this many, the salutation rule just runs
+_SALUTATION_PREFILTER_LIMIT = 8
+_FOOTER_RULE = b"_" * 10  # every footer starts with a line holding ten underscores or more
 _ASCII_INCOMPATIBLE = ("utf-16", "utf-32", "utf16", "utf32")
 
 
@@ -320,6 +324,8 @@ def _unmunge_from(fields: list[tuple[str, bytes]], is_list: bool) -> list[tuple[
 # text: footers, recipients
 def _strip_footers(text: bytes) -> bytes:
     """Drop each list footer: an underscore line, "... mailing list", then list lines."""
+    if _FOOTER_RULE not in text:  # no footer can start: skip the walk over every line
+        return text
     lines = text.split(b"\n")
     out: list[bytes] = []
     i = 0
@@ -362,12 +368,12 @@ def replace_recipients(data: bytes, recipients: frozenset[str]) -> bytes:
     placeholder. An address that only ends or starts like a recipient ("jim-bob@...",
     "...org.uk") is left.
     """
-    data = _CORPUS_PLACEHOLDER.sub(RECIPIENT_PLACEHOLDER.encode(), data)
+    data = _replace_corpus_placeholders(data)
     if not recipients:
         return data
     data = _replace_addresses(data, recipients)
     locals_ = _salutation_locals(recipients)
-    if locals_:
+    if locals_ and _may_hold_any(data, locals_):
 
         def salutation(match: re.Match) -> bytes:
             if match.group(3).lower().decode("latin-1") not in locals_:
@@ -376,6 +382,26 @@ def replace_recipients(data: bytes, recipients: frozenset[str]) -> bytes:
 
         data = _SALUTATION.sub(salutation, data)
     return data
+
+
+def _replace_corpus_placeholders(data: bytes) -> bytes:
+    """The corpora's own recipient placeholders, in any case, as `RECIPIENT_PLACEHOLDER`.
+
+    A case-insensitive pattern is tried at every byte; most messages hold none of the
+    placeholders, which one look at the lower-cased bytes tells."""
+    lowered = data.lower()
+    if not any(placeholder in lowered for placeholder in _PLACEHOLDER_BYTES):
+        return data
+    return _CORPUS_PLACEHOLDER.sub(RECIPIENT_PLACEHOLDER.encode(), data)
+
+
+def _may_hold_any(data: bytes, locals_: frozenset[str]) -> bool:
+    """False only when no local part in `locals_` appears in `data` in any case, so
+    that no salutation can name one; with many local parts, True without looking."""
+    if len(locals_) > _SALUTATION_PREFILTER_LIMIT:
+        return True
+    lowered = data.lower()
+    return any(local.encode("utf-8") in lowered for local in locals_)
 
 
 def replace_recipients_in_text(text: str, recipients: frozenset[str]) -> str:

@@ -659,3 +659,19 @@ def test_defect_kinds_keep_their_names():
 )
 def test_text_fields_never_hold_line_breaks_or_nul(data):
     assert_safe_text(parse_message(data))
+
+
+def test_boundary_text_inside_a_line_does_not_start_a_part():
+    body = (
+        b"see --sep inline\n--sep\nfirst --sep\n--sepnot a delimiter\n"
+        b"--sep \r\nsecond\n--sep--\nafter\n"
+    )
+
+    spans = parsing.part_spans(body, "sep")
+
+    parts = [body[start:end] for start, end in spans]
+    assert parts == [b"first --sep\n--sepnot a delimiter", b"second"]
+
+
+def test_a_closing_boundary_at_the_very_start_ends_the_parts():
+    assert parsing.part_spans(b"--sep--\n--sep\nlate\n", "sep") == []

@@ -139,6 +139,19 @@ def test_recipient_local_part_after_salutation_is_replaced():
     assert b"Dear recipient," in out
 
 
+def test_salutation_in_capitals_still_names_the_recipient():
+    out = sanitize(_message("", "DEAR BOB,\n\nyour mailbox is full.\n"))
+
+    assert b"DEAR recipient," in out
+    assert b"BOB" not in out
+
+
+def test_salutation_to_someone_who_is_not_a_recipient_is_kept():
+    out = sanitize(_message("", "Dear Carol,\n\nyour mailbox is full.\n"))
+
+    assert b"Dear Carol," in out
+
+
 def test_verp_bounce_address_loses_the_recipient():
     out = sanitize(_message("Return-Path: <bounce-123-bob=example.org@mailer.example.net>\n"))
 
@@ -151,6 +164,14 @@ def test_corpus_placeholders_are_replaced_even_inside_words():
 
     assert b"phishing@pot" not in out
     assert b"username@domain.com" not in out
+
+
+def test_corpus_placeholders_are_replaced_in_any_case():
+    out = sanitize(_message("", "Write to PHISHING@POT or UserName@Domain.COM today\n"))
+
+    assert b"PHISHING@POT" not in out
+    assert b"UserName@Domain.COM" not in out
+    assert out.count(RECIPIENT_PLACEHOLDER.encode()) >= 3  # the To: header's, and these two
 
 
 def test_list_from_munging_is_undone():
