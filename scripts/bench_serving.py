@@ -512,6 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         default=ServingSettings().onnx_spinning,
         help="when ONNX Runtime's threads busy-wait (serving.scorer.RuntimeSettings)",
     )
+    parser.add_argument(
+        "--onnx-batch-threads",
+        type=non_negative_int,
+        default=ServingSettings().onnx_batch_threads,
+        help="threads for a batch of more than one message (0: one per core)",
+    )
     parser.add_argument("--perf-analyzer", help="the perf_analyzer binary")
     parser.add_argument("--perf-analyzer-libs", help="folder of libcudart.so.12 for it")
     parser.add_argument(
@@ -532,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             instance_count=args.instances,
             onnx_threads=args.onnx_threads,
             onnx_spinning=args.onnx_spinning,
+            onnx_batch_threads=args.onnx_batch_threads,
             **(
                 {"preferred_batch_sizes": tuple(args.preferred_batch)}
                 if args.preferred_batch
@@ -592,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs; queue delay {settings.max_queue_delay_us} us, preferred "
         f"batches {list(settings.preferred_batch_sizes)}, {settings.instance_count} instance(s), "
         f"ONNX Runtime threads {settings.onnx_threads or 'one per core'}, spinning "
-        f"{settings.onnx_spinning}\n"
+        f"{settings.onnx_spinning}, for batches {settings.onnx_batch_threads or 'one per core'}\n"
     )
     print(table(rows))
     print()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detection.tensors import OPTIONAL_SERVED_INPUTS, SERVED_INPUTS, SERVED_OUTPUTS, TensorSpec
-from serving.scorer import SPIN_MODES, SPIN_NEVER
+from serving.scorer import SPIN_MODES, SPIN_WITHIN_CALLS
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ CONFIG_FILE = "config.pbtxt"
 # the config's parameters the Triton model reads (serving/triton_model.py)
 ONNX_THREADS = "ONNX_THREADS"
 ONNX_SPINNING = "ONNX_SPINNING"
+ONNX_BATCH_THREADS = "ONNX_BATCH_THREADS"
 
 
 @dataclass(frozen=True)
@@ -60,19 +61,23 @@ class ServingSettings:
     # (docs/performance.md); with two, one of them is free
     instance_count: int = 2
     # ONNX Runtime in each instance (serving.scorer.RuntimeSettings): intra-op threads
-    # (0: one per core) and when they spin; two instances spinning on two cores take
-    # the cores from each other, also when they spin only within calls
+    # (0: one per core) for a lone message, spinning only while a call runs (a lone
+    # request's operators do not wait for sleeping threads to wake), and one thread
+    # for a batch of more than one: batches form while both instances are busy, and
+    # two instances whose threads wait on each other take the cores from each other
+    # (docs/performance.md)
     onnx_threads: int = 0
-    onnx_spinning: str = SPIN_NEVER
+    onnx_spinning: str = SPIN_WITHIN_CALLS
+    onnx_batch_threads: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "instance_count", "max_queue_size", "queue_timeout_us"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.onnx_threads < 0:
-            raise ValueError(
-                f"onnx_threads must be 0 (one per core) or more, got {self.onnx_threads}"
-            )
+        for name in ("onnx_threads", "onnx_batch_threads"):
+            if getattr(self, name) < 0:
+                got = getattr(self, name)
+                raise ValueError(f"{name} must be 0 (one per core) or more, got {got}")
         if self.onnx_spinning not in SPIN_MODES:
             raise ValueError(
                 f"onnx_spinning must be one of {SPIN_MODES}, got {self.onnx_spinning!r}"
@@ -127,9 +132,11 @@ def render_config(settings: ServingSettings | None = None) -> str:
         "",
         "# the model reads its inputs on the host; never hand it device memory",
         _parameter("FORCE_CPU_ONLY_INPUT_TENSORS", "yes"),
-        "# ONNX Runtime in each instance: intra-op threads (0: one per core), spinning",
+        "# ONNX Runtime in each instance: intra-op threads (0: one per core) for a lone",
+        "# message, when they spin, and the threads for a batch of more than one",
         _parameter(ONNX_THREADS, str(settings.onnx_threads)),
         _parameter(ONNX_SPINNING, settings.onnx_spinning),
+        _parameter(ONNX_BATCH_THREADS, str(settings.onnx_batch_threads)),
     ]
     return "\n".join(lines) + "\n"
 
@@ -145,8 +152,9 @@ def write_config(repository: str | Path, settings: ServingSettings | None = None
 
 
 def onnx_options(model_config: dict) -> dict:
-    """`serving.scorer.RuntimeSettings` arguments (`threads`, `spinning`) from the
-    ONNX_* parameters of a model config as Triton hands it to the model (JSON);
+    """`serving.scorer.RuntimeSettings` arguments (`threads`, `spinning`,
+    `batch_threads`) from the ONNX_* parameters of a model config as Triton hands it
+    to the model (JSON);
     those it does not set are left out, so RuntimeSettings' defaults apply.
 
     Raises ValueError naming the parameter whose value is not allowed.
@@ -158,14 +166,16 @@ def onnx_options(model_config: dict) -> dict:
         return None if found is None else str(found.get("string_value", "")).strip()
 
     options: dict = {}
-    threads = value(ONNX_THREADS)
-    if threads is not None:
+    for key, option in ((ONNX_THREADS, "threads"), (ONNX_BATCH_THREADS, "batch_threads")):
+        threads = value(key)
+        if threads is None:
+            continue
         if not threads.isdigit():
             raise ValueError(
-                f"config.pbtxt {ONNX_THREADS} must be a whole number, 0 (one per core) or "
+                f"config.pbtxt {key} must be a whole number, 0 (one per core) or "
                 f"more, got {threads!r}"
             )
-        options["threads"] = int(threads)
+        options[option] = int(threads)
     spinning = value(ONNX_SPINNING)
     if spinning is not None:
         if spinning not in SPIN_MODES:

@@ -70,18 +70,27 @@ class RuntimeSettings:
     "always" (between calls too: the lowest latency for one caller, and a core
     burnt while idle), "within-calls" (from one operator to the next of a call,
     stopping as soon as the call returns, so an idle session leaves the cores to
-    other work) or "never". Rows are grouped by token length (`buckets`) into calls
-    of at most `max_batch_tokens` padded tokens.
+    other work) or "never". `batch_threads`, when set, is the pool of a second
+    session that scores the messages of a batch of more than one: a server that
+    runs several model instances gives a lone message every core, and a batch, which
+    only forms while the instances are busy, one thread that does not wait on the
+    others (None: one session for both). Rows are grouped by token length
+    (`buckets`) into calls of at most `max_batch_tokens` padded tokens.
     """
 
     threads: int = 0
     spinning: str = SPIN_ALWAYS
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS
+    batch_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (one per core) or more, got {self.threads}")
+        if self.batch_threads is not None and self.batch_threads < 0:
+            raise ValueError(
+                f"batch_threads must be None, 0 (one per core) or more, got {self.batch_threads}"
+            )
         if self.spinning not in SPIN_MODES:
             raise ValueError(f"spinning must be one of {SPIN_MODES}, got {self.spinning!r}")
         length_buckets([1], self.buckets, self.max_batch_tokens)  # validates both
@@ -121,18 +130,13 @@ class OnnxFusion:
                 f"but this code computes {list(SIGNAL_NAMES)}"
             )
         self.settings = settings or RuntimeSettings(threads=threads)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.settings.threads
-        options.inter_op_num_threads = 1
-        spinning = self.settings.spinning
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "0" if spinning == SPIN_NEVER else "1"
-        )
-        if spinning == SPIN_WITHIN_CALLS:
-            options.add_session_config_entry("session.force_spinning_stop", "1")
-        self.session = ort.InferenceSession(
-            str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        model_path = version_dir / "model.onnx"
+        self.session = _session(model_path, self.settings.threads, self.settings.spinning)
+        batch_threads = self.settings.batch_threads
+        self.batch_session = (
+            self.session
+            if batch_threads is None or batch_threads == self.settings.threads
+            else _session(model_path, batch_threads, self.settings.spinning)
         )
         self.tokenizer = load_tokenizer(str(version_dir / "tokenizer.json"))
         self.max_length = int(self.meta["max_length"])
@@ -150,28 +154,47 @@ class OnnxFusion:
 
         Texts are tokenised once, then run in length buckets (see `RuntimeSettings`),
         so little of each call is padding, or one at a time for an int8 version
-        (`runs_rows_alone`). `progress` names a progress bar to show (none by default).
+        (`runs_rows_alone`); more than one text runs in the batch session.
+        `progress` names a progress bar to show (none by default).
         """
         if len(texts) != len(signals):
             raise ValueError(f"got {len(texts)} texts but {len(signals)} signal rows")
         result = np.zeros((len(texts), len(CLASS_NAMES)), dtype=np.float32)
         if not texts:
             return result
+        session = self.session if len(texts) == 1 else self.batch_session
         rows = encode_rows(self.tokenizer, texts, self.max_length, self.head_tokens)
         groups = call_groups([len(r) for r in rows], self.settings, self.rows_alone)
         for group in tqdm(groups, desc=progress, disable=progress is None, unit="batch"):
-            result[group] = self._run([rows[i] for i in group], [signals[i] for i in group])
+            rows_in, signals_in = [rows[i] for i in group], [signals[i] for i in group]
+            result[group] = self._run(session, rows_in, signals_in)
         return result
 
-    def _run(self, rows: list[list[int]], signals: list[Sequence[float]]) -> np.ndarray:
+    def _run(
+        self, session: ort.InferenceSession, rows: list[list[int]], signals: list[Sequence[float]]
+    ) -> np.ndarray:
         ids, mask = pad_rows(rows)
         feeds = {
             INPUT_IDS.name: ids,
             ATTENTION_MASK.name: mask,
             SIGNALS.name: np.asarray(signals, dtype=np.float32).reshape(len(rows), -1),
         }
-        (probs,) = self.session.run([PROBABILITIES.name], feeds)
+        (probs,) = session.run([PROBABILITIES.name], feeds)
         return probs
+
+
+def _session(model_path: Path, threads: int, spinning: str) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with `threads` intra-op threads spinning as `spinning`."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "0" if spinning == SPIN_NEVER else "1"
+    )
+    if spinning == SPIN_WITHIN_CALLS:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
 class Scorer:
@@ -219,11 +242,14 @@ class Scorer:
         return cls(model, policy, history, directory, learn)
 
     def warm_up(self) -> None:
-        """Score one short synthetic message, so that ONNX Runtime's first-run set-up
-        is not paid by the first real request. The warm-up message is never learnt."""
+        """Score one short synthetic message alone and in a batch of two, so that ONNX
+        Runtime's first-run set-up (of both sessions, where there are two) is not paid
+        by the first real request. The warm-up message is never learnt."""
         learn, self.learn = self.learn, False
         try:
-            self.score_batch([ScoreItem(WARM_UP_MESSAGE, "warm-up")])
+            item = ScoreItem(WARM_UP_MESSAGE, "warm-up")
+            self.score_batch([item])
+            self.score_batch([item, item])
         finally:
             self.learn = learn
 

@@ -72,6 +72,7 @@ def test_write_config_puts_it_under_the_model_name(tmp_path):
         ({"preferred_batch_sizes": (8, 128)}, r"lie in \[1, max_batch_size=64\], got \[8, 128\]"),
         ({"max_queue_delay_us": -1}, "max_queue_delay_us must be >= 0, got -1"),
         ({"onnx_spinning": "yes"}, "onnx_spinning must be one of .* got 'yes'"),
+        ({"onnx_batch_threads": -1}, "onnx_batch_threads must be 0 .* got -1"),
     ],
 )
 def test_settings_reject_values_out_of_range(values, match):
@@ -85,12 +86,19 @@ def as_model_config(text: str) -> dict:
 
 
 def test_onnx_runtime_settings_reach_the_model_through_the_config():
-    text = render_config(ServingSettings(onnx_threads=1, onnx_spinning="within-calls"))
-    assert onnx_options(as_model_config(text)) == {"threads": 1, "spinning": "within-calls"}
+    text = render_config(
+        ServingSettings(onnx_threads=1, onnx_spinning="never", onnx_batch_threads=2)
+    )
+    assert onnx_options(as_model_config(text)) == {
+        "threads": 1,
+        "spinning": "never",
+        "batch_threads": 2,
+    }
     defaults = ServingSettings()
     assert onnx_options(as_model_config(render_config())) == {
         "threads": defaults.onnx_threads,
         "spinning": defaults.onnx_spinning,
+        "batch_threads": defaults.onnx_batch_threads,
     }
 
 
@@ -100,7 +108,11 @@ def test_a_config_without_onnx_parameters_leaves_the_runtime_defaults():
 
 @pytest.mark.parametrize(
     ("key", "value", "rule"),
-    [("ONNX_THREADS", "two", "whole number"), ("ONNX_SPINNING", "maybe", "one of")],
+    [
+        ("ONNX_THREADS", "two", "whole number"),
+        ("ONNX_BATCH_THREADS", "-1", "whole number"),
+        ("ONNX_SPINNING", "maybe", "one of"),
+    ],
 )
 def test_a_bad_onnx_parameter_is_refused_naming_it(key, value, rule):
     config = {"parameters": {key: {"string_value": value}}}

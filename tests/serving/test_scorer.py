@@ -60,6 +60,47 @@ def test_every_spinning_mode_scores_the_same(spinning):
     np.testing.assert_allclose(model.probabilities(["invoice overdue"], signals), expected)
 
 
+def test_a_batch_runs_in_the_batch_session_and_scores_as_each_message_alone():
+    _, version_dir = tiny_model_version()
+    model = OnnxFusion(version_dir, settings=RuntimeSettings(threads=2, batch_threads=1))
+    calls = []
+    for name in ("session", "batch_session"):
+        session = getattr(model, name)
+        setattr(model, name, _CountingSession(session, name, calls))
+    texts = ["invoice overdue", "lunch on friday?", "reset your password now"]
+    signals = [[0.0] * len(SIGNAL_NAMES)] * len(texts)
+
+    alone = np.vstack([model.probabilities([t], [s]) for t, s in zip(texts, signals, strict=True)])
+    assert set(calls) == {"session"}
+    calls.clear()
+    together = model.probabilities(texts, signals)
+
+    assert set(calls) == {"batch_session"}
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_without_batch_threads_one_session_serves_both():
+    _, version_dir = tiny_model_version()
+    model = OnnxFusion(version_dir, settings=RuntimeSettings(threads=1, batch_threads=None))
+    assert model.batch_session is model.session
+
+
+def test_negative_batch_thread_count_is_refused():
+    with pytest.raises(ValueError, match="batch_threads must be None, 0 .* got -2"):
+        RuntimeSettings(batch_threads=-2)
+
+
+class _CountingSession:
+    """An ONNX Runtime session that notes its name in `calls` at each run."""
+
+    def __init__(self, session, name: str, calls: list) -> None:
+        self.session, self.name, self.calls = session, name, calls
+
+    def run(self, outputs, feeds):
+        self.calls.append(self.name)
+        return self.session.run(outputs, feeds)
+
+
 def test_a_full_model_without_a_variant_entry_reads_as_full():
     _, version_dir = tiny_model_version()
     assert OnnxFusion(version_dir).variant == "full"
