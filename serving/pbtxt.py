@@ -33,6 +33,7 @@ CONFIG_FILE = "config.pbtxt"
 ONNX_THREADS = "ONNX_THREADS"
 ONNX_SPINNING = "ONNX_SPINNING"
 ONNX_BATCH_THREADS = "ONNX_BATCH_THREADS"
+MAX_THREADS = 1024  # more intra-op threads than any host has cores is a typo
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,11 @@ class ServingSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("onnx_threads", "onnx_batch_threads"):
-            if getattr(self, name) < 0:
-                got = getattr(self, name)
-                raise ValueError(f"{name} must be 0 (one per core) or more, got {got}")
+            got = getattr(self, name)
+            if not _is_count(got) or not 0 <= got <= MAX_THREADS:
+                raise ValueError(
+                    f"{name} must be a whole number, 0 (one per core) to {MAX_THREADS}, got {got!r}"
+                )
         if self.onnx_spinning not in SPIN_MODES:
             raise ValueError(
                 f"onnx_spinning must be one of {SPIN_MODES}, got {self.onnx_spinning!r}"
@@ -170,10 +173,10 @@ def onnx_options(model_config: dict) -> dict:
         threads = value(key)
         if threads is None:
             continue
-        if not threads.isdigit():
+        if not (threads.isascii() and threads.isdigit()) or int(threads) > MAX_THREADS:
             raise ValueError(
-                f"config.pbtxt {key} must be a whole number, 0 (one per core) or "
-                f"more, got {threads!r}"
+                f"config.pbtxt {key} must be a whole number, 0 (one per core) to "
+                f"{MAX_THREADS}, got {threads!r}"
             )
         options[option] = int(threads)
     spinning = value(ONNX_SPINNING)
@@ -184,6 +187,10 @@ def onnx_options(model_config: dict) -> dict:
             )
         options["spinning"] = spinning
     return options
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _parameter(key: str, value: str) -> str:

@@ -85,15 +85,21 @@ class RuntimeSettings:
     batch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise ValueError(f"threads must be 0 (one per core) or more, got {self.threads}")
-        if self.batch_threads is not None and self.batch_threads < 0:
+        if not _is_count(self.threads) or self.threads < 0:
+            raise ValueError(f"threads must be 0 (one per core) or more, got {self.threads!r}")
+        if self.batch_threads is not None and (
+            not _is_count(self.batch_threads) or self.batch_threads < 0
+        ):
             raise ValueError(
-                f"batch_threads must be None, 0 (one per core) or more, got {self.batch_threads}"
+                f"batch_threads must be None, 0 (one per core) or more, got {self.batch_threads!r}"
             )
         if self.spinning not in SPIN_MODES:
             raise ValueError(f"spinning must be one of {SPIN_MODES}, got {self.spinning!r}")
         length_buckets([1], self.buckets, self.max_batch_tokens)  # validates both
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def runs_rows_alone(meta: dict) -> bool:

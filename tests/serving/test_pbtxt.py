@@ -72,7 +72,9 @@ def test_write_config_puts_it_under_the_model_name(tmp_path):
         ({"preferred_batch_sizes": (8, 128)}, r"lie in \[1, max_batch_size=64\], got \[8, 128\]"),
         ({"max_queue_delay_us": -1}, "max_queue_delay_us must be >= 0, got -1"),
         ({"onnx_spinning": "yes"}, "onnx_spinning must be one of .* got 'yes'"),
-        ({"onnx_batch_threads": -1}, "onnx_batch_threads must be 0 .* got -1"),
+        ({"onnx_batch_threads": -1}, "onnx_batch_threads must be a whole number.* got -1"),
+        ({"onnx_batch_threads": 1.5}, "onnx_batch_threads must be a whole number.* got 1.5"),
+        ({"onnx_threads": "2"}, "onnx_threads must be a whole number.* got '2'"),
     ],
 )
 def test_settings_reject_values_out_of_range(values, match):
@@ -111,6 +113,8 @@ def test_a_config_without_onnx_parameters_leaves_the_runtime_defaults():
     [
         ("ONNX_THREADS", "two", "whole number"),
         ("ONNX_BATCH_THREADS", "-1", "whole number"),
+        ("ONNX_BATCH_THREADS", "\u00b2", "whole number"),
+        ("ONNX_THREADS", "99999999999", "whole number"),
         ("ONNX_SPINNING", "maybe", "one of"),
     ],
 )

@@ -90,6 +90,13 @@ def test_negative_batch_thread_count_is_refused():
         RuntimeSettings(batch_threads=-2)
 
 
+def test_a_thread_count_that_is_not_a_whole_number_is_refused_naming_it():
+    with pytest.raises(ValueError, match="batch_threads must be .* got '2'"):
+        RuntimeSettings(batch_threads="2")
+    with pytest.raises(ValueError, match="threads must be .* got True"):
+        RuntimeSettings(threads=True)
+
+
 class _CountingSession:
     """An ONNX Runtime session that notes its name in `calls` at each run."""
 
