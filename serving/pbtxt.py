@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detection.tensors import OPTIONAL_SERVED_INPUTS, SERVED_INPUTS, SERVED_OUTPUTS, TensorSpec
-from serving.scorer import SPIN_MODES, SPIN_WITHIN_CALLS
+from serving.scorer import SPIN_MODES, SPIN_WITHIN_CALLS, is_count
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ServingSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("onnx_threads", "onnx_batch_threads"):
             got = getattr(self, name)
-            if not _is_count(got) or not 0 <= got <= MAX_THREADS:
+            if not is_count(got) or not 0 <= got <= MAX_THREADS:
                 raise ValueError(
                     f"{name} must be a whole number, 0 (one per core) to {MAX_THREADS}, got {got!r}"
                 )
@@ -187,10 +187,6 @@ def onnx_options(model_config: dict) -> dict:
             )
         options["spinning"] = spinning
     return options
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _parameter(key: str, value: str) -> str:

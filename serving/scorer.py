@@ -85,10 +85,10 @@ class RuntimeSettings:
     batch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if not _is_count(self.threads) or self.threads < 0:
+        if not is_count(self.threads) or self.threads < 0:
             raise ValueError(f"threads must be 0 (one per core) or more, got {self.threads!r}")
         if self.batch_threads is not None and (
-            not _is_count(self.batch_threads) or self.batch_threads < 0
+            not is_count(self.batch_threads) or self.batch_threads < 0
         ):
             raise ValueError(
                 f"batch_threads must be None, 0 (one per core) or more, got {self.batch_threads!r}"
@@ -98,7 +98,8 @@ class RuntimeSettings:
         length_buckets([1], self.buckets, self.max_batch_tokens)  # validates both
 
 
-def _is_count(value: object) -> bool:
+def is_count(value: object) -> bool:
+    """Whether `value` is an int and not a bool: what a thread count may be."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -137,12 +138,12 @@ class OnnxFusion:
             )
         self.settings = settings or RuntimeSettings(threads=threads)
         model_path = version_dir / "model.onnx"
-        self.session = _session(model_path, self.settings.threads, self.settings.spinning)
+        self.session = onnx_session(model_path, self.settings.threads, self.settings.spinning)
         batch_threads = self.settings.batch_threads
         self.batch_session = (
             self.session
             if batch_threads is None or batch_threads == self.settings.threads
-            else _session(model_path, batch_threads, self.settings.spinning)
+            else onnx_session(model_path, batch_threads, self.settings.spinning)
         )
         self.tokenizer = load_tokenizer(str(version_dir / "tokenizer.json"))
         self.max_length = int(self.meta["max_length"])
@@ -179,18 +180,23 @@ class OnnxFusion:
     def _run(
         self, session: ort.InferenceSession, rows: list[list[int]], signals: list[Sequence[float]]
     ) -> np.ndarray:
-        ids, mask = pad_rows(rows)
-        feeds = {
-            INPUT_IDS.name: ids,
-            ATTENTION_MASK.name: mask,
-            SIGNALS.name: np.asarray(signals, dtype=np.float32).reshape(len(rows), -1),
-        }
-        (probs,) = session.run([PROBABILITIES.name], feeds)
+        (probs,) = session.run([PROBABILITIES.name], model_feeds(rows, signals))
         return probs
 
 
-def _session(model_path: Path, threads: int, spinning: str) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with `threads` intra-op threads spinning as `spinning`."""
+def model_feeds(rows: list[list[int]], signals: Sequence[Sequence[float]]) -> dict:
+    """The model's inputs for token rows (padded here) and their signal rows."""
+    ids, mask = pad_rows(rows)
+    return {
+        INPUT_IDS.name: ids,
+        ATTENTION_MASK.name: mask,
+        SIGNALS.name: np.asarray(signals, dtype=np.float32).reshape(len(rows), -1),
+    }
+
+
+def onnx_session(model: Path | bytes, threads: int, spinning: str) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session of `model` (a file, or a serialised graph) with
+    `threads` intra-op threads spinning as `spinning`."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
@@ -200,7 +206,8 @@ def _session(model_path: Path, threads: int, spinning: str) -> ort.InferenceSess
     )
     if spinning == SPIN_WITHIN_CALLS:
         options.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 class Scorer:

@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from detection.encoding import encode_rows, load_tokenizer, pad_rows
+from detection.encoding import encode_rows, load_tokenizer
 from detection.signals import SIGNAL_NAMES
-from detection.tensors import ATTENTION_MASK, CLASS_NAMES, INPUT_IDS, PROBABILITIES, SIGNALS
-from serving.scorer import RuntimeSettings, call_groups, runs_rows_alone
+from detection.tensors import CLASS_NAMES, PROBABILITIES
+from serving.scorer import RuntimeSettings, call_groups, model_feeds, onnx_session, runs_rows_alone
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ class PooledOnnxFusion:
 
     def __init__(self, version_dir: Path, settings: RuntimeSettings | None = None) -> None:
         import onnx
-        import onnxruntime as ort
 
         self.meta = json.loads((version_dir / "bulwark.json").read_text())
         self.settings = settings or RuntimeSettings()
@@ -74,12 +73,8 @@ class PooledOnnxFusion:
         self.pooled_name = _pooled_output(graph)
         if self.pooled_name:
             graph.graph.output.append(onnx.ValueInfoProto(name=self.pooled_name))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.settings.threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        self.session = onnx_session(
+            graph.SerializeToString(), self.settings.threads, self.settings.spinning
         )
         self.tokenizer = load_tokenizer(str(version_dir / "tokenizer.json"))
         self.max_length = int(self.meta["max_length"])
@@ -103,14 +98,7 @@ class PooledOnnxFusion:
         rows = encode_rows(self.tokenizer, texts, self.max_length, self.head_tokens)
         groups = call_groups([len(r) for r in rows], self.settings, self.rows_alone)
         for group in tqdm(groups, desc=progress, disable=progress is None, unit="batch"):
-            ids, mask = pad_rows([rows[i] for i in group])
-            feeds = {
-                INPUT_IDS.name: ids,
-                ATTENTION_MASK.name: mask,
-                SIGNALS.name: np.asarray([signals[i] for i in group], dtype=np.float32).reshape(
-                    len(group), -1
-                ),
-            }
+            feeds = model_feeds([rows[i] for i in group], [signals[i] for i in group])
             result = self.session.run(outputs, feeds)
             probabilities[group] = result[0]
             if self.pooled_name:
