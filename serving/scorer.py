@@ -51,6 +51,11 @@ WARM_UP_MESSAGE = b"From: warm-up@example.com\r\nSubject: warm-up\r\n\r\nwarm-up
 # when ONNX Runtime's intra-op threads busy-wait for work instead of sleeping
 SPIN_NEVER, SPIN_WITHIN_CALLS, SPIN_ALWAYS = "never", "within-calls", "always"
 SPIN_MODES = (SPIN_NEVER, SPIN_WITHIN_CALLS, SPIN_ALWAYS)
+# ONNX Runtime fusions a CPU session must not apply: its SkipLayerNormalization
+# kernel took four times as long as the Add and LayerNormalization it replaces (a
+# fifth of a 3-layer student's time alone on one thread; docs/performance.md), so
+# the export leaves them apart (training/export.py) and loading must not rejoin them
+UNFUSED_ON_CPU = ("SkipLayerNormFusion",)
 
 
 @dataclass(frozen=True)
@@ -194,10 +199,15 @@ def model_feeds(rows: list[list[int]], signals: Sequence[Sequence[float]]) -> di
     }
 
 
-def onnx_session(model: Path | bytes, threads: int, spinning: str) -> ort.InferenceSession:
+def onnx_session(
+    model: Path | bytes, threads: int, spinning: str, optimized_copy: Path | None = None
+) -> ort.InferenceSession:
     """An ONNX Runtime CPU session of `model` (a file, or a serialised graph) with
-    `threads` intra-op threads spinning as `spinning`."""
+    `threads` intra-op threads spinning as `spinning`; with `optimized_copy`, ONNX
+    Runtime also writes there the graph as it will run it, fusions applied."""
     options = ort.SessionOptions()
+    if optimized_copy is not None:
+        options.optimized_model_filepath = str(optimized_copy)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -207,7 +217,12 @@ def onnx_session(model: Path | bytes, threads: int, spinning: str) -> ort.Infere
     if spinning == SPIN_WITHIN_CALLS:
         options.add_session_config_entry("session.force_spinning_stop", "1")
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        source,
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(UNFUSED_ON_CPU),
+    )
 
 
 class Scorer:

@@ -1,9 +1,10 @@
 import json
+from collections import Counter
 
 import onnx
 import pytest
 
-from serving.scorer import OnnxFusion
+from serving.scorer import SPIN_NEVER, OnnxFusion, onnx_session
 from tests.training.speed_fixtures import parity_rows, tiny_checkpoint
 from training.export import INT8_TOLERANCE, export_variant
 from training.quantize import QuantizeConfig, quantize_model
@@ -22,6 +23,18 @@ def test_int8_variant_runs_its_matrix_products_in_int8_close_to_pytorch(tmp_path
     assert meta["variant"]["name"] == "int8"
     probabilities = OnnxFusion(tmp_path).probabilities([t for t, _ in rows], [s for _, s in rows])
     assert probabilities.shape == (len(rows), 3)
+
+
+def test_residual_additions_stay_apart_from_layer_norms_in_the_export_and_when_loaded(tmp_path):
+    export_variant(tiny_checkpoint(), tmp_path, parity_rows(4), "int8")
+    loaded = tmp_path / "as_loaded.onnx"
+    onnx_session(tmp_path / "model.onnx", 1, SPIN_NEVER, optimized_copy=loaded)
+
+    for path in (tmp_path / "model.onnx", loaded):
+        operators = Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+        assert operators["SkipLayerNormalization"] == 0, path.name
+        assert operators["LayerNormalization"] == 4, path.name  # two per encoder layer
+        assert operators["QAttention"] == 2, path.name  # attention is still fused
 
 
 def test_quantising_onto_the_source_file_is_refused(tmp_path):
