@@ -207,6 +207,10 @@ def onnx_session(
     Runtime also writes there the graph as it will run it, fusions applied."""
     options = ort.SessionOptions()
     if optimized_copy is not None:
+        if not Path(optimized_copy).parent.is_dir():
+            raise FileNotFoundError(
+                f"optimized_copy must be a file in an existing folder, got {optimized_copy}"
+            )
         options.optimized_model_filepath = str(optimized_copy)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads

@@ -218,7 +218,8 @@ def fuse_transformer_ops(source: Path, target: Path, model) -> None:
     """Fuse attention, layer norm and GELU with ONNX Runtime's BERT optimizer.
 
     On two CPU cores this makes one 256-token message about three times faster;
-    the parity check below runs on the fused graph, so it is what is verified.
+    the parity check below runs on the fused graph as the scorer loads it, so what is
+    verified is what is served.
     Residual additions stay apart from their layer norms: ONNX Runtime's CPU
     SkipLayerNormalization is slower than the two operators it would replace
     (serving.scorer.UNFUSED_ON_CPU).
@@ -246,10 +247,11 @@ def fuse_transformer_ops(source: Path, target: Path, model) -> None:
 
 def parity_difference(model, onnx_path: Path, ids, mask, signals, rows_per_call: int = 16) -> float:
     """The largest probability difference between ONNX Runtime and PyTorch, running
-    `rows_per_call` rows per call (1 for an int8 model, as it is served)."""
-    import onnxruntime as ort
+    `rows_per_call` rows per call (1 for an int8 model, as it is served), in a
+    session built as the scorer builds its own, so the graph checked is the one served."""
+    from serving.scorer import SPIN_NEVER, onnx_session
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_path, 0, SPIN_NEVER)
     worst = 0.0
     for start in range(0, len(ids), rows_per_call):
         part = slice(start, start + rows_per_call)

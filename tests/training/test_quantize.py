@@ -37,6 +37,12 @@ def test_residual_additions_stay_apart_from_layer_norms_in_the_export_and_when_l
         assert operators["QAttention"] == 2, path.name  # attention is still fused
 
 
+def test_a_copy_of_the_loaded_graph_in_a_missing_folder_is_refused_naming_it(tmp_path):
+    export_variant(tiny_checkpoint(), tmp_path, parity_rows(2), "full")
+    with pytest.raises(FileNotFoundError, match="existing folder, got .*absent/graph.onnx"):
+        onnx_session(tmp_path / "model.onnx", 1, SPIN_NEVER, tmp_path / "absent" / "graph.onnx")
+
+
 def test_quantising_onto_the_source_file_is_refused(tmp_path):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"")
