@@ -5,6 +5,7 @@ import onnx
 import pytest
 
 from serving.scorer import SPIN_NEVER, OnnxFusion, onnx_session
+from tests.model_fixtures import tiny_model_version
 from tests.training.speed_fixtures import parity_rows, tiny_checkpoint
 from training.export import INT8_TOLERANCE, export_variant
 from training.quantize import QuantizeConfig, quantize_model
@@ -38,9 +39,9 @@ def test_residual_additions_stay_apart_from_layer_norms_in_the_export_and_when_l
 
 
 def test_a_copy_of_the_loaded_graph_in_a_missing_folder_is_refused_naming_it(tmp_path):
-    export_variant(tiny_checkpoint(), tmp_path, parity_rows(2), "full")
+    _, version_dir = tiny_model_version()
     with pytest.raises(FileNotFoundError, match="existing folder, got .*absent/graph.onnx"):
-        onnx_session(tmp_path / "model.onnx", 1, SPIN_NEVER, tmp_path / "absent" / "graph.onnx")
+        onnx_session(version_dir / "model.onnx", 1, SPIN_NEVER, tmp_path / "absent" / "graph.onnx")
 
 
 def test_quantising_onto_the_source_file_is_refused(tmp_path):
