@@ -16,10 +16,12 @@ The GPU machine has neither the corpora nor this project's environment, so:
    the device as an ignored path of at most 64 MiB; `prepare` fails, saying the
    size, when it would not fit (the fp32 MiniLM, 90 MB, does not; the int8 one the
    demo publishes, 56 MiB, does).
-2. `measure` runs on the device and needs only numpy and onnxruntime. It uses
-   CUDAExecutionProvider when onnxruntime offers it, else the CPU, and says which
-   one ran: the provider the session actually holds and where each node of the
-   graph was placed (from one profiled call), never the one merely asked for. For
+2. `measure` runs on the device and needs only numpy, onnxruntime and this
+   repository's serving/cpu_fusions.py (standard library only). It uses
+   CUDAExecutionProvider when onnxruntime offers it, else the CPU (leaving out the
+   fusions a served CPU session leaves out), and says which one ran: the provider
+   the session actually holds and where each node of the graph was placed (from
+   one profiled call), never the one merely asked for. For
    each batch size it builds batches from the prepared rows (each padded to its
    longest row; `--order sorted` groups rows of similar length, as the serving
    path's length buckets do), warms up, then times calls until `--runs` calls or
@@ -74,6 +76,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from serving.cpu_fusions import UNFUSED_ON_CPU  # noqa: E402 - standard library only
 
 logger = logging.getLogger("bench_gpu")
 
@@ -379,7 +384,8 @@ class SizeResult:
 
 
 def open_session(model: Path, choice: ProviderChoice, threads: int, profile_dir: Path):
-    """An onnxruntime session of `model`, profiling until `end_profiling` is called."""
+    """An onnxruntime session of `model`, profiling until `end_profiling` is called;
+    on the CPU alone it leaves out the fusions a served CPU session leaves out."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -388,7 +394,18 @@ def open_session(model: Path, choice: ProviderChoice, threads: int, profile_dir:
     options.inter_op_num_threads = 1
     options.enable_profiling = True
     options.profile_file_prefix = str(profile_dir / "profile")
-    return ort.InferenceSession(str(model), options, providers=list(choice.providers))
+    return ort.InferenceSession(
+        str(model),
+        options,
+        providers=list(choice.providers),
+        disabled_optimizers=disabled_optimizers(choice),
+    )
+
+
+def disabled_optimizers(choice: ProviderChoice) -> list[str]:
+    """The fusions left out: those of serving's CPU sessions when only the CPU runs;
+    none beside CUDA, whose fused kernels are the fast ones."""
+    return [] if CUDA in choice.providers else list(UNFUSED_ON_CPU)
 
 
 def feeds_of(batch: Batch, names: dict) -> dict[str, np.ndarray]:

@@ -8,7 +8,9 @@ table:
 2. the Triton path through the thin gRPC client at each `--concurrency` (closed
    loop: that many callers, each sending its next message when the last answered):
    p50, p99 and throughput, with the server's own statistics over the same
-   requests (executions against inferences, mean queue and compute time);
+   requests (executions against inferences, mean queue and compute time) and the
+   CPU time per request of tritonserver, of its model instances' processes and of
+   the clients (this process);
 3. `perf_analyzer` against the served model, which reports the server's queue and
    compute split itself (skipped, saying why, when the binary is not found);
 4. the naive way to serve the same fine-tuned weights: a `transformers` tokenizer
@@ -247,6 +249,30 @@ def closed_loop(grpc_url: str, messages: list[RawMessage], concurrency: int, req
     return latencies, errors[0], time.perf_counter() - started
 
 
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the server process, its model
+    instances' processes together, and this benchmark's own process (the clients)."""
+    import psutil
+
+    def used(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    server = psutil.Process(server_pid)
+    return {
+        "tritonserver": used(server),
+        "model instances": sum(used(child) for child in server.children(recursive=True)),
+        "client": used(psutil.Process()),
+    }
+
+
+def cpu_note(before: dict[str, float], after: dict[str, float], requests: int) -> str:
+    spent = ", ".join(
+        f"{name} {1000 * (after[name] - before[name]) / requests:.2f}" for name in before
+    )
+    return f"CPU ms per request: {spent}"
+
+
 def bench_triton(
     server: TritonServer, messages, levels: Sequence[int], requests: int
 ) -> list[Level]:
@@ -255,7 +281,9 @@ def bench_triton(
     for concurrency in levels:
         count = max(requests, 8 * concurrency)
         before = server_stats(server.http_url)
+        cpu_before = cpu_seconds(server.pid)
         latencies, errors, seconds = closed_loop(server.grpc_url, messages, concurrency, count)
+        cpu_after = cpu_seconds(server.pid)
         after = server_stats(server.http_url)
         inferences = after["inferences"] - before["inferences"]
         executions = after["executions"] - before["executions"]
@@ -273,7 +301,8 @@ def bench_triton(
                 f"server: {inferences} inferences in {executions} executions "
                 f"(mean batch {inferences / max(1, executions):.1f}); per request queue "
                 f"{(after['queue_ns'] - before['queue_ns']) / served / 1e6:.2f} ms, compute "
-                f"{(after['compute_ns'] - before['compute_ns']) / served / 1e6:.2f} ms",
+                f"{(after['compute_ns'] - before['compute_ns']) / served / 1e6:.2f} ms; "
+                + cpu_note(cpu_before, cpu_after, count),
             )
         )
         logger.info("concurrency %d: %s", concurrency, rows[-1])

@@ -39,6 +39,7 @@ from detection.history import SenderHistory
 from detection.signals import SIGNAL_NAMES
 from detection.sources import RawMessage
 from detection.tensors import ATTENTION_MASK, CLASS_NAMES, INPUT_IDS, PROBABILITIES, SIGNALS
+from serving.cpu_fusions import UNFUSED_ON_CPU
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,6 @@ WARM_UP_MESSAGE = b"From: warm-up@example.com\r\nSubject: warm-up\r\n\r\nwarm-up
 # when ONNX Runtime's intra-op threads busy-wait for work instead of sleeping
 SPIN_NEVER, SPIN_WITHIN_CALLS, SPIN_ALWAYS = "never", "within-calls", "always"
 SPIN_MODES = (SPIN_NEVER, SPIN_WITHIN_CALLS, SPIN_ALWAYS)
-# ONNX Runtime fusions a CPU session must not apply: its SkipLayerNormalization
-# kernel took four times as long as the Add and LayerNormalization it replaces (a
-# fifth of a 3-layer student's time alone on one thread; docs/performance.md), so
-# the export leaves them apart (training/export.py) and loading must not rejoin them
-UNFUSED_ON_CPU = ("SkipLayerNormFusion",)
 
 
 @dataclass(frozen=True)

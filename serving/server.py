@@ -194,6 +194,13 @@ class TritonServer:
             raise RuntimeError("the server has not been started; its log path is chosen at start")
         return self._log_path
 
+    @property
+    def pid(self) -> int:
+        """The tritonserver process id (its model instances run in child processes)."""
+        if self._process is None:
+            raise RuntimeError("the server has not been started; it has no process yet")
+        return self._process.pid
+
     def _port(self, name: str) -> int:
         if name not in self._ports:
             raise RuntimeError(f"the server has not been started; it has no {name} port yet")

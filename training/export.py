@@ -222,7 +222,7 @@ def fuse_transformer_ops(source: Path, target: Path, model) -> None:
     verified is what is served.
     Residual additions stay apart from their layer norms: ONNX Runtime's CPU
     SkipLayerNormalization is slower than the two operators it would replace
-    (serving.scorer.UNFUSED_ON_CPU).
+    (serving.cpu_fusions.UNFUSED_ON_CPU).
     """
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions

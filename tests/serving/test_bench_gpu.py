@@ -232,3 +232,44 @@ def test_measure_names_a_missing_model(tmp_path, caplog):
     _inputs().save(tmp_path / "inputs.npz")
     assert bench_gpu.main(["measure", "--inputs", str(tmp_path)]) == 2
     assert f"{tmp_path / 'model.onnx'} not found" in caplog.text
+
+
+def test_on_the_cpu_layer_norms_stay_apart_from_their_additions_as_served(tmp_path, monkeypatch):
+    from detection.signals import SIGNAL_NAMES
+    from tests.model_fixtures import tiny_model_version
+
+    monkeypatch.setattr(
+        bench_gpu, "torch_gpu", lambda: {"torch": None, "cuda": False, "device": None}
+    )
+    _, version_dir = tiny_model_version()
+    (tmp_path / "model.onnx").write_bytes((version_dir / "model.onnx").read_bytes())
+    rows = [[101, 7 + i, 102] for i in range(4)]
+    signals = [[0.0] * len(SIGNAL_NAMES) for _ in rows]
+    bench_gpu.PreparedInputs.from_rows(rows, signals, {"tensors": TENSORS}).save(
+        tmp_path / "inputs.npz"
+    )
+
+    status = bench_gpu.main(
+        [
+            "measure",
+            "--inputs", str(tmp_path),
+            "--batch-sizes", "2",
+            "--runs", "2",
+            "--warmup", "1",
+            "--provider", "cpu",
+            "--threads", "1",
+            "--output", str(tmp_path / "figures.json"),
+        ]
+    )  # fmt: skip
+
+    assert status == 0
+    ran = json.loads((tmp_path / "figures.json").read_text())["node_placement"]
+    assert ran["CPUExecutionProvider"].get("SkipLayerNormalization", 0) == 0
+    assert ran["CPUExecutionProvider"]["LayerNormalization"] == 4  # two per encoder layer
+
+
+def test_beside_cuda_no_fusion_is_left_out():
+    cuda = bench_gpu.ProviderChoice((bench_gpu.CUDA, bench_gpu.CPU), "offered")
+    cpu = bench_gpu.ProviderChoice((bench_gpu.CPU,), "asked for")
+    assert bench_gpu.disabled_optimizers(cuda) == []
+    assert bench_gpu.disabled_optimizers(cpu) == ["SkipLayerNormFusion"]

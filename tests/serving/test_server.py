@@ -91,6 +91,8 @@ def test_bad_settings_are_rejected_before_anything_starts(tmp_path):
         TritonServer(tmp_path, ports={"admin": 9000})
     with pytest.raises(RuntimeError, match="has not been started"):
         _ = TritonServer(tmp_path).http_url
+    with pytest.raises(RuntimeError, match="has not been started; it has no process"):
+        _ = TritonServer(tmp_path).pid
 
 
 # with a server
@@ -107,6 +109,17 @@ def test_server_is_ready_and_serves_the_model_with_its_rendered_config(fake_serv
     assert [t["name"] for t in config["input"]] == ["RAW_MESSAGE", "ORG_ID", "MESSAGE_KIND"]
     assert config["dynamic_batching"]["preferred_batch_size"] == [16, 64]
     assert get(fake_server.metrics_url)[0] == 200
+
+
+@pytest.mark.server
+def test_the_process_id_is_tritonservers_and_its_model_instances_are_its_children(fake_server):
+    import psutil
+
+    server = psutil.Process(fake_server.pid)
+    children = server.children(recursive=True)
+
+    assert server.name() == "tritonserver"
+    assert children and all("triton_python" in child.name() for child in children)
 
 
 @pytest.mark.server
