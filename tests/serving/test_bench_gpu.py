@@ -199,6 +199,24 @@ def _write_tiny_onnx(path: Path) -> None:
     save(model, str(path))
 
 
+def _measure_on_one_cpu_thread(inputs_dir: Path, batch_sizes: list[str], runs: int) -> dict:
+    """`measure` on the prepared folder, CPU provider, one thread: its JSON figures."""
+    status = bench_gpu.main(
+        [
+            "measure",
+            "--inputs", str(inputs_dir),
+            "--batch-sizes", *batch_sizes,
+            "--runs", str(runs),
+            "--warmup", "1",
+            "--provider", "cpu",
+            "--threads", "1",
+            "--output", str(inputs_dir / "figures.json"),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    return json.loads((inputs_dir / "figures.json").read_text())
+
+
 def test_measure_runs_on_the_cpu_and_writes_its_figures(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         bench_gpu, "torch_gpu", lambda: {"torch": None, "cuda": False, "device": None}
@@ -206,21 +224,8 @@ def test_measure_runs_on_the_cpu_and_writes_its_figures(tmp_path, monkeypatch, c
     _inputs(lengths=(3, 1, 5, 2, 4, 4)).save(tmp_path / "inputs.npz")
     _write_tiny_onnx(tmp_path / "model.onnx")
 
-    status = bench_gpu.main(
-        [
-            "measure",
-            "--inputs", str(tmp_path),
-            "--batch-sizes", "4", "1", "2",
-            "--runs", "5",
-            "--warmup", "1",
-            "--provider", "cpu",
-            "--threads", "1",
-            "--output", str(tmp_path / "figures.json"),
-        ]
-    )  # fmt: skip
+    figures = _measure_on_one_cpu_thread(tmp_path, ["4", "1", "2"], runs=5)
 
-    assert status == 0
-    figures = json.loads((tmp_path / "figures.json").read_text())
     assert figures["provider"] == "CPUExecutionProvider"
     assert [r["batch_size"] for r in figures["rows"]] == [1, 2, 4]
     assert all(r["runs"] == 5 and r["messages_per_s"] > 0 for r in figures["rows"])
@@ -249,21 +254,7 @@ def test_on_the_cpu_layer_norms_stay_apart_from_their_additions_as_served(tmp_pa
         tmp_path / "inputs.npz"
     )
 
-    status = bench_gpu.main(
-        [
-            "measure",
-            "--inputs", str(tmp_path),
-            "--batch-sizes", "2",
-            "--runs", "2",
-            "--warmup", "1",
-            "--provider", "cpu",
-            "--threads", "1",
-            "--output", str(tmp_path / "figures.json"),
-        ]
-    )  # fmt: skip
-
-    assert status == 0
-    ran = json.loads((tmp_path / "figures.json").read_text())["node_placement"]
+    ran = _measure_on_one_cpu_thread(tmp_path, ["2"], runs=2)["node_placement"]
     assert ran["CPUExecutionProvider"].get("SkipLayerNormalization", 0) == 0
     assert ran["CPUExecutionProvider"]["LayerNormalization"] == 4  # two per encoder layer
 
