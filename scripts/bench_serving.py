@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -89,6 +90,7 @@ class Level:
     per_s: float
     errors: int = 0
     note: str = ""
+    cpu_ms_per_request: dict[str, float] | None = None  # Triton rows: by process
 
 
 def sample_messages(
@@ -249,28 +251,53 @@ def closed_loop(grpc_url: str, messages: list[RawMessage], concurrency: int, req
     return latencies, errors[0], time.perf_counter() - started
 
 
-def cpu_seconds(server_pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by the server process, its model
-    instances' processes together, and this benchmark's own process (the clients)."""
-    import psutil
+def cpu_seconds(server_pid: int) -> dict[str, float] | None:
+    """CPU seconds (user + system) used so far by the server process, by its model
+    instances' processes (those alive, and those it has reaped), and by this
+    benchmark's process, whose threads are the clients; None when the server is gone.
+
+    A model instance that exits and is reaped between two readings moves its time
+    into the server's children's times, so the sum does not go back.
+    """
 
     def used(process: psutil.Process) -> float:
         times = process.cpu_times()
         return times.user + times.system
 
-    server = psutil.Process(server_pid)
-    return {
-        "tritonserver": used(server),
-        "model instances": sum(used(child) for child in server.children(recursive=True)),
-        "client": used(psutil.Process()),
-    }
+    def alive_children(server: psutil.Process) -> float:
+        total = 0.0
+        for child in server.children(recursive=True):
+            try:
+                total += used(child)
+            except psutil.NoSuchProcess:  # exited since listed: counted once reaped
+                pass
+        return total
+
+    try:
+        server = psutil.Process(server_pid)
+        times = server.cpu_times()
+        return {
+            "tritonserver": times.user + times.system,
+            "model instances": times.children_user + times.children_system + alive_children(server),
+            "benchmark process (clients)": used(psutil.Process()),
+        }
+    except psutil.NoSuchProcess:
+        return None
 
 
-def cpu_note(before: dict[str, float], after: dict[str, float], requests: int) -> str:
-    spent = ", ".join(
-        f"{name} {1000 * (after[name] - before[name]) / requests:.2f}" for name in before
-    )
-    return f"CPU ms per request: {spent}"
+def cpu_per_request(
+    before: dict[str, float] | None, after: dict[str, float] | None, requests: int
+) -> dict[str, float] | None:
+    """CPU ms per request sent, by process, between two `cpu_seconds` readings."""
+    if before is None or after is None:
+        return None
+    return {name: 1000 * (after[name] - before[name]) / requests for name in before}
+
+
+def cpu_note(spent: dict[str, float] | None) -> str:
+    if spent is None:
+        return "CPU not read: the server exited during the row"
+    return "CPU ms per request: " + ", ".join(f"{name} {ms:.2f}" for name, ms in spent.items())
 
 
 def bench_triton(
@@ -283,7 +310,7 @@ def bench_triton(
         before = server_stats(server.http_url)
         cpu_before = cpu_seconds(server.pid)
         latencies, errors, seconds = closed_loop(server.grpc_url, messages, concurrency, count)
-        cpu_after = cpu_seconds(server.pid)
+        cpu_spent = cpu_per_request(cpu_before, cpu_seconds(server.pid), count)
         after = server_stats(server.http_url)
         inferences = after["inferences"] - before["inferences"]
         executions = after["executions"] - before["executions"]
@@ -302,7 +329,8 @@ def bench_triton(
                 f"(mean batch {inferences / max(1, executions):.1f}); per request queue "
                 f"{(after['queue_ns'] - before['queue_ns']) / served / 1e6:.2f} ms, compute "
                 f"{(after['compute_ns'] - before['compute_ns']) / served / 1e6:.2f} ms; "
-                + cpu_note(cpu_before, cpu_after, count),
+                + cpu_note(cpu_spent),
+                cpu_ms_per_request=cpu_spent,
             )
         )
         logger.info("concurrency %d: %s", concurrency, rows[-1])

@@ -199,6 +199,10 @@ class TritonServer:
         """The tritonserver process id (its model instances run in child processes)."""
         if self._process is None:
             raise RuntimeError("the server has not been started; it has no process yet")
+        if self._process.poll() is not None:
+            raise RuntimeError(
+                f"the server exited with code {self._process.returncode}; it has no process"
+            )
         return self._process.pid
 
     def _port(self, name: str) -> int:

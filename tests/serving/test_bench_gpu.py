@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -264,3 +265,18 @@ def test_beside_cuda_no_fusion_is_left_out():
     cpu = bench_gpu.ProviderChoice((bench_gpu.CPU,), "asked for")
     assert bench_gpu.disabled_optimizers(cuda) == []
     assert bench_gpu.disabled_optimizers(cpu) == ["SkipLayerNormFusion"]
+
+
+def test_the_fusions_left_out_import_with_the_standard_library_alone():
+    # the device machine has numpy and onnxruntime, not this project's environment
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from serving.cpu_fusions import UNFUSED_ON_CPU; print(','.join(UNFUSED_ON_CPU))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(SCRIPT.parents[1])],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "SkipLayerNormFusion"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -93,6 +94,15 @@ def test_bad_settings_are_rejected_before_anything_starts(tmp_path):
         _ = TritonServer(tmp_path).http_url
     with pytest.raises(RuntimeError, match="has not been started; it has no process"):
         _ = TritonServer(tmp_path).pid
+
+
+def test_a_server_process_that_has_exited_has_no_pid_to_read(tmp_path):
+    server = TritonServer(tmp_path)
+    server._process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    server._process.wait(timeout=30)
+
+    with pytest.raises(RuntimeError, match="exited with code 3; it has no process"):
+        _ = server.pid
 
 
 # with a server
