@@ -3,7 +3,6 @@ arguments, and one `measure` on the CPU with a hand-built ONNX model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,19 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_gpu.py"
+from tests.script_modules import load_script
+
+ROOT = Path(__file__).resolve().parents[2]
 SIGNAL_COUNT = 3
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_gpu = _load_script()
+bench_gpu = load_script("bench_gpu")
 
 TENSORS = {
     "input_ids": "INPUT_IDS",
@@ -274,7 +267,7 @@ def test_the_fusions_left_out_import_with_the_standard_library_alone():
         "from serving.cpu_fusions import UNFUSED_ON_CPU; print(','.join(UNFUSED_ON_CPU))"
     )
     done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, str(SCRIPT.parents[1])],
+        [sys.executable, "-I", "-S", "-c", code, str(ROOT)],
         capture_output=True,
         text=True,
     )

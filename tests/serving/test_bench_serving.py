@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_serving.py"
+from tests.script_modules import load_script
 
 # a stand-in for tritonserver: it starts one child ("a model instance") that, when
 # told, burns 0.3 s of CPU and exits, and reaps it
@@ -27,15 +25,7 @@ PARENT = textwrap.dedent(
 )
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_serving", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_serving"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_serving = _load_script()
+bench_serving = load_script("bench_serving")
 
 
 def _say(process: subprocess.Popen, line: str = "") -> str:
