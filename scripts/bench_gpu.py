@@ -645,7 +645,7 @@ def fits_whole(tokenizer, max_tokens: int):
 
 def prepare(version_dir: Path, corpora: Path, target: Path, settings: PrepareSettings) -> Path:
     """Write `target`/inputs.npz and copies of the model files; return inputs.npz."""
-    sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+    sys.path.insert(0, str(ROOT / "scripts"))  # the repository root is there since import
     from bench_serving import sample_messages
 
     from detection.encoding import encode_rows, load_tokenizer
