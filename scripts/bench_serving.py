@@ -9,8 +9,8 @@ table:
    loop: that many callers, each sending its next message when the last answered):
    p50, p99 and throughput, with the server's own statistics over the same
    requests (executions against inferences, mean queue and compute time) and the
-   CPU time per request of tritonserver, of its model instances' processes and of
-   the clients (this process);
+   CPU time of tritonserver, of its model instances' processes and of the clients
+   (this process), all per request the server served;
 3. `perf_analyzer` against the served model, which reports the server's queue and
    compute split itself (skipped, saying why, when the binary is not found);
 4. the naive way to serve the same fine-tuned weights: a `transformers` tokenizer
@@ -67,8 +67,9 @@ from detection.features import extract_features, model_text, parse_for_model  # 
 from detection.sources import RawMessage, iter_messages  # noqa: E402
 from serving.cli import non_negative_int, positive_int  # noqa: E402
 from serving.client import BulwarkClient  # noqa: E402
+from serving.onnx_settings import SPIN_MODES  # noqa: E402
 from serving.pbtxt import ServingSettings, write_config  # noqa: E402
-from serving.scorer import HISTORY_ENV, SPIN_MODES, ScoreItem, Scorer  # noqa: E402
+from serving.scorer import HISTORY_ENV, ScoreItem, Scorer  # noqa: E402
 from serving.server import TritonServer  # noqa: E402
 from training.dataset import CORPORA  # noqa: E402
 
@@ -90,7 +91,7 @@ class Level:
     per_s: float
     errors: int = 0
     note: str = ""
-    cpu_ms_per_request: dict[str, float] | None = None  # Triton rows: by process
+    cpu_ms_per_request: dict[str, float] | None = None  # Triton rows: by process, per served
 
 
 def sample_messages(
@@ -286,18 +287,26 @@ def cpu_seconds(server_pid: int) -> dict[str, float] | None:
 
 
 def cpu_per_request(
-    before: dict[str, float] | None, after: dict[str, float] | None, requests: int
+    before: dict[str, float] | None, after: dict[str, float] | None, served: int
 ) -> dict[str, float] | None:
-    """CPU ms per request sent, by process, between two `cpu_seconds` readings."""
+    """CPU ms per request served, by process, between two `cpu_seconds` readings.
+
+    `served` is the requests the server's statistics count as succeeded between the
+    readings, the denominator of the row's queue and compute figures too, so a row's
+    figures share it. A row in which the server served none is divided by 1, as those
+    figures are: each is then the row's total. None when either reading is None.
+    """
     if before is None or after is None:
         return None
-    return {name: 1000 * (after[name] - before[name]) / requests for name in before}
+    served = max(1, served)
+    return {name: 1000 * (after[name] - before[name]) / served for name in before}
 
 
 def cpu_note(spent: dict[str, float] | None) -> str:
     if spent is None:
         return "CPU not read: the server exited during the row"
-    return "CPU ms per request: " + ", ".join(f"{name} {ms:.2f}" for name, ms in spent.items())
+    figures = ", ".join(f"{name} {ms:.2f}" for name, ms in spent.items())
+    return "CPU ms per served request: " + figures
 
 
 def bench_triton(
@@ -310,11 +319,13 @@ def bench_triton(
         before = server_stats(server.http_url)
         cpu_before = cpu_seconds(server.pid)
         latencies, errors, seconds = closed_loop(server.grpc_url, messages, concurrency, count)
-        cpu_spent = cpu_per_request(cpu_before, cpu_seconds(server.pid), count)
+        cpu_after = cpu_seconds(server.pid)
         after = server_stats(server.http_url)
         inferences = after["inferences"] - before["inferences"]
         executions = after["executions"] - before["executions"]
+        # the server's figures, CPU included, are per request it served, not sent
         served = max(1, after["requests"] - before["requests"])
+        cpu_spent = cpu_per_request(cpu_before, cpu_after, served)
         p50, p99 = percentiles(latencies)
         rows.append(
             Level(
@@ -326,7 +337,7 @@ def bench_triton(
                 count / seconds,
                 errors,
                 f"server: {inferences} inferences in {executions} executions "
-                f"(mean batch {inferences / max(1, executions):.1f}); per request queue "
+                f"(mean batch {inferences / max(1, executions):.1f}); per served request queue "
                 f"{(after['queue_ns'] - before['queue_ns']) / served / 1e6:.2f} ms, compute "
                 f"{(after['compute_ns'] - before['compute_ns']) / served / 1e6:.2f} ms; "
                 + cpu_note(cpu_spent),

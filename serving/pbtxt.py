@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detection.tensors import OPTIONAL_SERVED_INPUTS, SERVED_INPUTS, SERVED_OUTPUTS, TensorSpec
-from serving.scorer import SPIN_MODES, SPIN_WITHIN_CALLS, is_count
+from serving.onnx_settings import SPIN_MODES, SPIN_WITHIN_CALLS, is_count
 
 logger = logging.getLogger(__name__)
 

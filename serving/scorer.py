@@ -40,6 +40,7 @@ from detection.signals import SIGNAL_NAMES
 from detection.sources import RawMessage
 from detection.tensors import ATTENTION_MASK, CLASS_NAMES, INPUT_IDS, PROBABILITIES, SIGNALS
 from serving.cpu_fusions import UNFUSED_ON_CPU
+from serving.onnx_settings import SPIN_ALWAYS, SPIN_MODES, SPIN_NEVER, SPIN_WITHIN_CALLS, is_count
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,6 @@ HISTORY_ENV = "BULWARK_HISTORY_DB"
 DIRECTORY_ENV = "BULWARK_DIRECTORY"
 LEARN_ENV = "BULWARK_HISTORY_LEARN"  # "1": the served model records its safe verdicts
 WARM_UP_MESSAGE = b"From: warm-up@example.com\r\nSubject: warm-up\r\n\r\nwarm-up\r\n"
-# when ONNX Runtime's intra-op threads busy-wait for work instead of sleeping
-SPIN_NEVER, SPIN_WITHIN_CALLS, SPIN_ALWAYS = "never", "within-calls", "always"
-SPIN_MODES = (SPIN_NEVER, SPIN_WITHIN_CALLS, SPIN_ALWAYS)
 
 
 @dataclass(frozen=True)
@@ -97,11 +95,6 @@ class RuntimeSettings:
         if self.spinning not in SPIN_MODES:
             raise ValueError(f"spinning must be one of {SPIN_MODES}, got {self.spinning!r}")
         length_buckets([1], self.buckets, self.max_batch_tokens)  # validates both
-
-
-def is_count(value: object) -> bool:
-    """Whether `value` is an int and not a bool: what a thread count may be."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def runs_rows_alone(meta: dict) -> bool:

@@ -4,16 +4,14 @@ arguments, and one `measure` on the CPU with a hand-built ONNX model."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.fresh_interpreter import run_isolated
 from tests.script_modules import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
 SIGNAL_COUNT = 3
 
 
@@ -262,14 +260,9 @@ def test_beside_cuda_no_fusion_is_left_out():
 
 def test_the_fusions_left_out_import_with_the_standard_library_alone():
     # the device machine has numpy and onnxruntime, not this project's environment
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); "
-        "from serving.cpu_fusions import UNFUSED_ON_CPU; print(','.join(UNFUSED_ON_CPU))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, str(ROOT)],
-        capture_output=True,
-        text=True,
+    done = run_isolated(
+        "from serving.cpu_fusions import UNFUSED_ON_CPU; print(','.join(UNFUSED_ON_CPU))",
+        stdlib_only=True,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "SkipLayerNormFusion"

@@ -1,10 +1,13 @@
-"""scripts/bench_serving.py: the CPU time it reads for the server's processes."""
+"""scripts/bench_serving.py: the CPU time it reads for the server's processes, and
+the requests served that it divides that time by."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from tests.script_modules import load_script
 
@@ -47,7 +50,7 @@ def test_a_model_instance_that_exits_during_a_row_still_counts_its_cpu():
         parent.stdin.close()
         parent.wait(timeout=30)
 
-    spent = bench_serving.cpu_per_request(before, after, requests=1)
+    spent = bench_serving.cpu_per_request(before, after, served=1)
     assert spent["model instances"] >= 0.25 * 1000  # the child's 0.3 s, in ms
     assert spent["tritonserver"] >= 0
 
@@ -59,6 +62,25 @@ def test_a_server_that_is_gone_gives_no_cpu_figures_and_the_note_says_so():
     reading = bench_serving.cpu_seconds(gone.pid)
 
     assert reading is None
-    assert bench_serving.cpu_per_request({"tritonserver": 1.0}, reading, requests=10) is None
+    assert bench_serving.cpu_per_request({"tritonserver": 1.0}, reading, served=10) is None
     assert bench_serving.cpu_note(None) == "CPU not read: the server exited during the row"
-    assert bench_serving.cpu_note({"tritonserver": 0.5}) == "CPU ms per request: tritonserver 0.50"
+    assert (
+        bench_serving.cpu_note({"tritonserver": 0.5})
+        == "CPU ms per served request: tritonserver 0.50"
+    )
+
+
+def test_cpu_figures_are_the_cpu_spent_over_the_requests_the_server_served():
+    before = {"tritonserver": 1.0, "model instances": 2.0}
+    after = {"tritonserver": 3.0, "model instances": 8.0}
+
+    spent = bench_serving.cpu_per_request(before, after, served=4)
+
+    # 2 s and 6 s over 4 requests served, in ms
+    assert spent == pytest.approx({"tritonserver": 500.0, "model instances": 1500.0})
+
+
+def test_a_row_in_which_the_server_served_nothing_reports_its_cpu_total():
+    spent = bench_serving.cpu_per_request({"tritonserver": 1.0}, {"tritonserver": 1.25}, served=0)
+
+    assert spent == pytest.approx({"tritonserver": 250.0})

@@ -10,6 +10,7 @@ from tritonclient.grpc import model_config_pb2
 
 from detection import tensors
 from serving.pbtxt import ServingSettings, onnx_options, render_config, write_config
+from tests.fresh_interpreter import run_isolated
 
 COMMITTED = Path(__file__).resolve().parents[2] / "model_repository" / "bulwark" / "config.pbtxt"
 TYPES = model_config_pb2.DataType
@@ -24,6 +25,13 @@ def test_committed_config_is_what_the_renderer_writes():
         "model_repository/bulwark/config.pbtxt is stale; regenerate it with "
         "`.venv/bin/python -m serving.pbtxt --repository model_repository`"
     )
+
+
+def test_rendering_the_config_does_not_load_onnx_runtime():
+    done = run_isolated("import serving.pbtxt; print('onnxruntime' in sys.modules)")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False", "importing serving.pbtxt loaded onnxruntime"
 
 
 def test_rendered_config_declares_every_served_tensor_as_tensors_py_does():
