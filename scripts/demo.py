@@ -1,7 +1,7 @@
 """The demo: Bulwark's main job end to end on real mail.
 
 Builds the dataset from the public corpora, fine-tunes the fused MiniLM, distils a
-3-layer student from it, exports and evaluates the full model, its int8 form and the
+2-layer student from it, exports and evaluates the full model, its int8 form and the
 student's int8 form, publishes the fastest within 0.5 points of the full model's
 recall to ONNX in the Triton model repository, starts a real Triton
 server, scores a slice of held-out test messages through the thin client, checks

@@ -3,7 +3,7 @@
 Contract: `train_and_publish(data, fingerprint, workdir, repository, config)` fine-
 tunes on the "train" split, exports ONNX (parity-checked on 64 validation messages)
 as each of `config.variants` (by default the full model, its int8 form and the int8
-form of a 3-layer student distilled from it by `training.distill`), scores
+form of a 2-layer student distilled from it by `training.distill`), scores
 the validation and test splits with each in ONNX Runtime (the exact numbers the
 server will produce) and fits each its decision policy on validation. It then times
 the variants and publishes the default by `training.variants`' rule (the fastest
