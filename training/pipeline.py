@@ -50,9 +50,8 @@ from training.variants import (
     VariantsConfig,
     evaluate_variant,
     figures_row,
-    measure_speed,
     scored_splits,
-    variant_figures,
+    timed_figures,
 )
 
 logger = logging.getLogger(__name__)
@@ -194,14 +193,8 @@ def _variant_figures(entries, evaluated, staging: Path, data, config: VariantsCo
         figures_row(variant, entries[variant], evaluated[variant][2], config)
         for variant in config.variants
     ]
-    validation = data["validation"]
-    speeds = measure_speed(
-        {variant: staging / variant for variant in config.variants},
-        validation.select(range(min(config.speed_messages, len(validation)))),
-    )
-    for row in rows:
-        row["speed"] = speeds[row["variant"]]
-    return variant_figures(rows, config)
+    version_dirs = {variant: staging / variant for variant in config.variants}
+    return timed_figures(rows, version_dirs, data["validation"], config)
 
 
 def _card(data, fingerprint, train_config, config, policy, probabilities) -> dict:

@@ -126,13 +126,8 @@ def build_variants(
     if not measure:
         return {"variants": rows}
 
-    speeds = measure_speed(
-        {variant: staged[variant][0] for variant in config.variants},
-        validation.select(range(min(config.speed_messages, len(validation)))),
-    )
-    for row in rows:
-        row["speed"] = speeds[row["variant"]]
-    figures = variant_figures(rows, config)
+    version_dirs = {variant: staged[variant][0] for variant in config.variants}
+    figures = timed_figures(rows, version_dirs, validation, config)
     default = figures["default"]
 
     for variant, (staging, policy, reports) in staged.items():
@@ -253,6 +248,19 @@ def measure_speed(version_dirs: dict[str, Path], rows, batch_size: int = 64) -> 
         }
         for name in models
     }
+
+
+def timed_figures(
+    rows: list[dict], version_dirs: dict[str, Path], validation, config: VariantsConfig
+) -> dict:
+    """`variant_figures` once each row has its `speed`, timed on the first
+    `config.speed_messages` validation messages."""
+    speeds = measure_speed(
+        version_dirs, validation.select(range(min(config.speed_messages, len(validation))))
+    )
+    for row in rows:
+        row["speed"] = speeds[row["variant"]]
+    return variant_figures(rows, config)
 
 
 def variant_figures(rows: list[dict], config: VariantsConfig) -> dict:
