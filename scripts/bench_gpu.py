@@ -632,21 +632,10 @@ def model_inputs(messages, history) -> tuple[list[str], list[list[float]], int]:
     return texts, signals, failed
 
 
-def fits_whole(tokenizer, max_tokens: int):
-    """Whether a message's model text encodes to at most `max_tokens` tokens whole."""
-    from detection.features import model_text, parse_for_model
-
-    def fits(message) -> bool:
-        text = model_text(parse_for_model(message.data, message.kind))
-        return len(tokenizer.encode(text).ids) <= max_tokens
-
-    return fits
-
-
 def prepare(version_dir: Path, corpora: Path, target: Path, settings: PrepareSettings) -> Path:
     """Write `target`/inputs.npz and copies of the model files; return inputs.npz."""
     sys.path.insert(0, str(ROOT / "scripts"))  # the repository root is there since import
-    from bench_serving import sample_messages
+    from bench_serving import fits_tokens, sample_messages
 
     from detection.encoding import encode_rows, load_tokenizer
     from detection.history import SenderHistory
@@ -664,7 +653,7 @@ def prepare(version_dir: Path, corpora: Path, target: Path, settings: PrepareSet
 
     tokenizer = load_tokenizer(str(version_dir / "tokenizer.json"))
     max_tokens = int(meta["max_length"]) if settings.max_tokens is None else settings.max_tokens
-    fits = fits_whole(tokenizer, max_tokens) if max_tokens else None
+    fits = fits_tokens(tokenizer, max_tokens) if max_tokens else None
     sampled = sample_messages(corpora, settings.messages, settings.stride, fits)
     history = SenderHistory(str(settings.history) if settings.history else ":memory:")
     texts, signals, failed = model_inputs(sampled, history)

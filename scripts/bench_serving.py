@@ -124,10 +124,10 @@ def sample_messages(
     return messages
 
 
-def fits_tokens(scorer: Scorer, max_tokens: int) -> Callable[[RawMessage], bool]:
-    """Whether a message's model text encodes to at most `max_tokens` tokens whole
-    ([CLS] and [SEP] included), so that the model reads all of it."""
-    tokenizer = scorer.model.tokenizer
+def fits_tokens(tokenizer, max_tokens: int) -> Callable[[RawMessage], bool]:
+    """Whether a message's model text encodes, with the version's tokenizer, to at most
+    `max_tokens` tokens whole ([CLS] and [SEP] included), so that the model reads all
+    of it."""
 
     def fits(message: RawMessage) -> bool:
         text = model_text(parse_for_model(message.data, message.kind))
@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = Scorer.load(args.model, history_path=history)
     variant = scorer.model.variant
     max_tokens = scorer.model.max_length if args.max_tokens is None else args.max_tokens
-    fits = fits_tokens(scorer, max_tokens) if max_tokens else None
+    fits = fits_tokens(scorer.model.tokenizer, max_tokens) if max_tokens else None
     messages = sample_messages(args.corpora, args.messages, args.stride, fits)
     workload = f"up to {max_tokens} tokens" if max_tokens else "of every length"
     if not messages:
