@@ -30,9 +30,9 @@ from detection.sources import RawMessage  # noqa: E402
 from serving.client import BulwarkClient  # noqa: E402
 from serving.scorer import HISTORY_ENV, Scorer  # noqa: E402
 from serving.server import TritonServer  # noqa: E402
-from training.config import PRESETS, TrainConfig  # noqa: E402
+from training.config import DISTILL_PRESETS, PRESETS, TrainConfig  # noqa: E402
 from training.dataset import DatasetConfig, build_dataset, load_dataset_dict  # noqa: E402
-from training.pipeline import StageTimer, train_and_publish  # noqa: E402
+from training.pipeline import PipelineConfig, StageTimer, train_and_publish  # noqa: E402
 from training.variants import FIGURES_FILE  # noqa: E402
 
 logger = logging.getLogger("demo")
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         build_dataset(args.corpora, dataset_dir, DatasetConfig())
         data, fingerprint = load_dataset_dict(dataset_dir)
 
-    result = train_and_publish(data, fingerprint, args.workdir, args.repository, config)
+    pipeline = PipelineConfig(distill=DISTILL_PRESETS[args.preset])
+    result = train_and_publish(data, fingerprint, args.workdir, args.repository, config, pipeline)
     seconds.update(result.stage_seconds)
 
     with StageTimer(seconds, "serve_and_score"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,13 +110,20 @@ class DistillConfig:
     log_every: int = 20
 
     def __post_init__(self) -> None:
-        if not self.layers or list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
-            raise ValueError(
-                f"layers must be distinct teacher layer indices in increasing order, "
-                f"got {list(self.layers)}"
-            )
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        self._check_layers()
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
+        for name in ("learning_rate", "head_learning_rate"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be 0 or more, got {self.weight_decay}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        for name in ("max_steps", "max_train_messages"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"{name} must be None (no limit) or at least 1, got {value!r}")
         if not 0.0 <= self.soft_weight <= 1.0:
             raise ValueError(f"soft_weight must be in [0, 1], got {self.soft_weight}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -125,6 +133,19 @@ class DistillConfig:
         for name in ("batch_size", "epochs", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def _check_layers(self) -> None:
+        layers = self.layers
+        if not isinstance(layers, tuple) or not layers:
+            raise ValueError(
+                f"layers must be a non-empty tuple of teacher layer indices, got {layers!r}"
+            )
+        if not all(_is_int(layer) and layer >= 0 for layer in layers):
+            raise ValueError(
+                f"layers must be teacher layer indices (integers >= 0), got {list(layers)}"
+            )
+        if list(layers) != sorted(set(layers)):
+            raise ValueError(f"layers must be distinct and in increasing order, got {list(layers)}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DistillConfig:
@@ -150,6 +171,10 @@ def _from_dict(cls, values: dict[str, Any]):
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_type(key: str, value: Any, annotation: str) -> None:
     optional = annotation.endswith("| None")
     if value is None and optional:
@@ -159,9 +184,7 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
             raise ValueError(f"{key} must be a list of str, got {value!r}")
         return
     if annotation == "tuple[int, ...]":
-        if not isinstance(value, tuple) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
+        if not isinstance(value, tuple) or not all(_is_int(v) for v in value):
             raise ValueError(f"{key} must be a list of int, got {value!r}")
         return
     allowed = _TYPES[annotation.replace("| None", "").strip()]
@@ -193,4 +216,13 @@ PRESETS: dict[str, TrainConfig] = {
         freeze_embeddings=False,
         eval_batch_size=256,
     ),
+}
+
+
+# the student distilled beside each training preset: the tiny-random encoder has two
+# layers, so its student keeps the second
+DISTILL_PRESETS: dict[str, DistillConfig] = {
+    "cpu": DistillConfig(),
+    "tiny": DistillConfig(layers=(1,), max_train_messages=None, mixed_precision="no", log_every=5),
+    "gpu": DistillConfig(),
 }

@@ -48,6 +48,38 @@ def test_layers_out_of_order_are_rejected_by_the_config():
         DistillConfig(layers=(3, 1))
 
 
+@pytest.mark.parametrize(
+    ("layers", "rule"),
+    [
+        ((-1, 3), r"integers >= 0\), got \[-1, 3\]"),
+        ((True, 5), r"integers >= 0\), got \[True, 5\]"),
+        ((2.5, 5), r"integers >= 0\), got \[2.5, 5\]"),
+        ([2, 5], r"non-empty tuple of teacher layer indices, got \[2, 5\]"),
+        ((), r"non-empty tuple"),
+    ],
+)
+def test_layers_that_are_not_teacher_indices_are_rejected_naming_the_rule(layers, rule):
+    with pytest.raises(ValueError, match=rule):
+        DistillConfig(layers=layers)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("max_steps", 0, "max_steps must be None \\(no limit\\) or at least 1, got 0"),
+        ("max_train_messages", -1, "max_train_messages must be None .* got -1"),
+        ("learning_rate", 0.0, "learning_rate must be a positive number, got 0.0"),
+        ("head_learning_rate", -1.0, "head_learning_rate must be a positive number"),
+        ("weight_decay", -0.1, "weight_decay must be 0 or more, got -0.1"),
+        ("warmup_fraction", 1.5, "warmup_fraction must be in \\[0, 1\\), got 1.5"),
+        ("temperature", float("nan"), "temperature must be a positive number, got nan"),
+    ],
+)
+def test_settings_that_would_train_nothing_or_diverge_are_rejected(field, value, rule):
+    with pytest.raises(ValueError, match=rule):
+        DistillConfig(**{field: value})
+
+
 def test_distilled_student_exports_as_a_distilled_variant(tmp_path):
     data = tiny_training_data()
     config = DistillConfig(layers=(1,), max_steps=3, batch_size=8, mixed_precision="no")

@@ -110,3 +110,26 @@ def test_pipeline_refuses_variants_without_the_full_model_or_unknown_ones():
         PipelineConfig(variants=("int8",))
     with pytest.raises(ValueError, match="among .*got \\['full', 'fp16'\\]"):
         PipelineConfig(variants=("full", "fp16"))
+
+
+def test_pipeline_refuses_a_student_layer_the_teacher_lacks_before_training(tmp_path):
+    import pytest
+
+    from training.config import PRESETS, DistillConfig
+    from training.pipeline import PipelineConfig, train_and_publish
+
+    config = PipelineConfig(variants=("full", "distilled-int8"), distill=DistillConfig(layers=(2,)))
+    with pytest.raises(ValueError, match=r"2 encoder layers \(0 to 1\), got \[2\]"):
+        # no data at all: the check must come before anything is trained
+        train_and_publish(None, "", tmp_path / "work", tmp_path / "repo", PRESETS["tiny"], config)
+    assert not (tmp_path / "work" / "checkpoint").exists()
+
+
+def test_each_training_preset_has_a_student_its_teacher_can_give():
+    from training.config import DISTILL_PRESETS, PRESETS
+    from training.pipeline import PipelineConfig, check_student_layers
+
+    assert set(DISTILL_PRESETS) == set(PRESETS)
+    for name, train_config in PRESETS.items():
+        config = PipelineConfig(distill=DISTILL_PRESETS[name])
+        check_student_layers(config, train_config)  # raises for a layer the teacher lacks
