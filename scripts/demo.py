@@ -5,7 +5,9 @@ Builds the dataset from the public corpora, fine-tunes the fused MiniLM, distils
 student's int8 form, publishes the fastest within 0.5 points of the full model's
 recall to ONNX in the Triton model repository, starts a real Triton
 server, scores a slice of held-out test messages through the thin client, checks
-those scores against in-process scoring, prints a summary and stops the server.
+those scores against in-process scoring, prints a summary and stops the server. It
+exits 1 when a served message got an error or a score that in-process scoring did
+not give.
 
 Run (after scripts/setup.sh; scripts/demo.sh does both):
     .venv/bin/python scripts/demo.py --corpora ../shared/corpora
@@ -26,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from detection.decision import SCORE_DECIMALS  # noqa: E402
 from detection.sources import RawMessage  # noqa: E402
 from serving.client import BulwarkClient  # noqa: E402
 from serving.scorer import HISTORY_ENV, Scorer  # noqa: E402
@@ -53,6 +56,10 @@ def held_out_slice(test, per_source: int, seed: int = 0) -> list[tuple[RawMessag
     ]
 
 
+# served and in-process scores are both rounded to SCORE_DECIMALS
+SCORE_TOLERANCE = 10.0**-SCORE_DECIMALS
+
+
 def score_slice(scorer: Scorer, slice_, protocol_urls) -> dict:
     figures: dict = {}
     local = {m.id: v for m, org in slice_ for v in scorer.score([m], org=org)}
@@ -77,6 +84,24 @@ def score_slice(scorer: Scorer, slice_, protocol_urls) -> dict:
             "max_abs_score_difference_vs_in_process": worst,
         }
     return figures
+
+
+def serving_problems(serving: dict) -> list[str]:
+    """What went wrong with the served slice, per protocol: messages that got an error,
+    or a served score that differs from in-process scoring by more than rounding."""
+    problems = []
+    for protocol, figures in serving.items():
+        if figures["errors"]:
+            problems.append(
+                f"{protocol}: {figures['errors']} of {figures['calls']} messages got an error"
+            )
+        difference = figures["max_abs_score_difference_vs_in_process"]
+        if difference > SCORE_TOLERANCE:
+            problems.append(
+                f"{protocol}: a served score differs from in-process scoring by {difference:.3g}, "
+                f"more than the {SCORE_TOLERANCE:g} rounding allows"
+            )
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    return 0
+    problems = serving_problems(serving)
+    for problem in problems:
+        logger.error("served slice: %s", problem)
+    return 1 if problems else 0
 
 
 def _variants_summary(version_dir: Path) -> dict:
