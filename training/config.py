@@ -82,8 +82,8 @@ class DistillConfig:
     The student starts from the teacher's embeddings, head and the encoder layers
     named in `layers`, then learns the teacher's temperature-softened probabilities
     over a sample of the train split, mixed with the labels (`soft_weight` of the
-    loss from the teacher). Each step runs the
-    teacher forward and the student forward and backward. The defaults, a 2-layer
+    loss from the teacher). Each step runs the teacher forward and the student
+    forward and backward. The defaults, a 2-layer
     student (teacher layers 2 and 5) on a sample of up to 18,000 messages (13,239 of
     the demo's train split, every attack in it) for two epochs, took 27 minutes on a
     two-core host. Against the 3-layer student that was the default before (layers 1,

@@ -46,17 +46,21 @@ from training.train import (
 logger = logging.getLogger(__name__)
 
 
+def check_layers_within(layers: tuple[int, ...], depth: int) -> None:
+    """Raise ValueError unless `layers` name layers of a teacher `depth` encoder layers deep."""
+    if not layers or min(layers) < 0 or max(layers) >= depth:
+        raise ValueError(
+            f"student layers must be teacher layer indices in [0, {depth - 1}], got {list(layers)}"
+        )
+
+
 def student_from_teacher(teacher: FusionModel, layers: tuple[int, ...]) -> FusionModel:
     """A fusion model whose encoder keeps only the teacher layers `layers` (in order),
     with copies of the teacher's embeddings, signal projection and head.
 
     Raises ValueError when a layer index is outside the teacher's encoder.
     """
-    depth = teacher.encoder.config.num_hidden_layers
-    if not layers or min(layers) < 0 or max(layers) >= depth:
-        raise ValueError(
-            f"student layers must be teacher layer indices in [0, {depth - 1}], got {list(layers)}"
-        )
+    check_layers_within(layers, teacher.encoder.config.num_hidden_layers)
     config = copy.deepcopy(teacher.encoder.config)
     config.num_hidden_layers = len(layers)
     # fused attention for training, as training.train does; export reloads it eager

@@ -193,14 +193,17 @@ def check_student_layers(config: PipelineConfig, train_config: TrainConfig) -> N
     """Refuse a student whose layers the teacher this run trains does not have."""
     if not any(map(is_distilled, config.variants)):
         return
-    depth = encoder_config(train_config.encoder).num_hidden_layers
-    layers = list(config.distill.layers)
-    if max(layers) >= depth:
-        raise ValueError(
-            f"the student's layers must be among the {train_config.encoder!r} teacher's "
-            f"{depth} encoder layers (0 to {depth - 1}), got {layers}; set "
-            "PipelineConfig.distill (training.config.DISTILL_PRESETS pairs one with each preset)"
+    from training.distill import check_layers_within
+
+    try:
+        check_layers_within(
+            config.distill.layers, encoder_config(train_config.encoder).num_hidden_layers
         )
+    except ValueError as error:
+        raise ValueError(
+            f"{error} (the {train_config.encoder!r} teacher this run trains); set "
+            "PipelineConfig.distill (training.config.DISTILL_PRESETS pairs one with each preset)"
+        ) from None
 
 
 def _variant_figures(entries, evaluated, staging: Path, data, config: VariantsConfig) -> dict:
