@@ -6,7 +6,8 @@ embeddings, signal projection, head and the encoder layers `config.layers`), tra
 the student with Accelerate on a stratified sample of the "train" split against the
 teacher's temperature-softened probabilities mixed with the labels, and writes a
 checkpoint folder in the layout `training.train` writes (so `training.export`
-exports it unchanged), with `distillation` (the teacher, its layers, the config) in
+exports it unchanged), with `distillation` (the teacher's folder name, code version
+and depth, the number of messages the student trained on, the config) in
 `checkpoint.json`. Text encoding (max_length, head_tokens) is the teacher's.
 
 Run (docs/performance.md gives the time it took):
@@ -184,9 +185,12 @@ def distill(
         save_checkpoint(accelerator.unwrap_model(student), train_config, output_dir, fingerprint)
         written = json.loads((output_dir / "checkpoint.json").read_text())
         written["distillation"] = {
-            "teacher": str(teacher_dir),
+            # the folder's name, not its path: the record travels with exported versions
+            "teacher": Path(teacher_dir).name,
+            "teacher_code_version": meta.get("code_version"),
             "teacher_layers": accelerator.unwrap_model(teacher).encoder.config.num_hidden_layers,
             "teacher_dataset_fingerprint": meta["dataset_fingerprint"],
+            "train_messages": len(rows),
             "config": config.to_dict(),
         }
         (output_dir / "checkpoint.json").write_text(json.dumps(written, indent=2))

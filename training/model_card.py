@@ -6,7 +6,9 @@ Contract:
   dataset's fingerprint), the training configuration and code version, the operating
   thresholds, the metrics (`training.evaluate.model_metrics` per evaluated split) and
   known limitations, some read from the data itself (single-class sources, eras that
-  do not overlap, too few safe messages to resolve an FPR point).
+  do not overlap, too few safe messages to resolve an FPR point). With `variant` (the
+  entry `training.export` writes in bulwark.json) the card names the variant served
+  and, for a distilled student, what the student itself trained on.
 - `card_markdown(card)` renders it; `write_model_card(card, directory)` writes
   MODEL_CARD.md and model_card.json there and returns their paths.
 """
@@ -89,6 +91,26 @@ def derived_limitations(summary: dict, metrics: dict) -> list[str]:
     return notes
 
 
+def sample_limitations(train_config: dict, variant: dict | None) -> list[str]:
+    """What the model learnt from: the trained model's sample and, for a distilled
+    student (the `variant` entry `training.export` writes), the student's own."""
+    notes = []
+    sample = train_config.get("max_train_messages")
+    if sample is not None:
+        notes.append(f"Trained on a stratified sample of at most {sample} training messages.")
+    distillation = (variant or {}).get("distillation")
+    if distillation:
+        layers = distillation["config"]["layers"]
+        trained_on = distillation.get("train_messages")
+        notes.append(
+            f"The served model is a {len(layers)}-layer student (teacher layers "
+            f"{', '.join(map(str, layers))} of {distillation['teacher_layers']}) distilled from "
+            "that model"
+            + (f" on {trained_on} training messages." if trained_on is not None else ".")
+        )
+    return notes
+
+
 def model_card(
     data: DatasetDict,
     fingerprint: str,
@@ -98,19 +120,19 @@ def model_card(
     code_version: str = "unknown",
     operating_fpr: float | None = None,
     text_only: bool = False,
+    variant: dict | None = None,
 ) -> dict:
     summary = data_summary(data)
     limitations = list(STANDING_LIMITATIONS) + derived_limitations(summary, metrics)
     if text_only:
         limitations.append("Text-only ablation: trained and evaluated with every signal zeroed.")
-    sample = train_config.get("max_train_messages")
-    if sample is not None:
-        limitations.append(f"Trained on a stratified sample of at most {sample} training messages.")
+    limitations += sample_limitations(train_config, variant)
     return {
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version,
         "data": {"fingerprint": fingerprint, "sources": summary},
         "training": {"config": train_config, "text_only": text_only},
+        "model": variant,
         "operating": {"target_safe_fpr": operating_fpr, "policy": policy},
         "metrics": metrics,
         "limitations": limitations,
@@ -122,6 +144,18 @@ def _pct(value, interval=None) -> str:
         return "n/a"
     text = f"{100 * value:.2f}%"
     return text + (f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]" if interval else "")
+
+
+def _model_lines(variant: dict | None) -> list[str]:
+    if not variant:
+        return []
+    quantized = "int8 matrix products" if variant.get("quantization") else "fp32"
+    return [
+        "",
+        "## Model",
+        "",
+        f"Variant {variant['name']!r}: {variant['encoder_layers']} encoder layers, {quantized}.",
+    ]
 
 
 def card_markdown(card: dict) -> str:
@@ -142,6 +176,7 @@ def card_markdown(card: dict) -> str:
             lines.append(
                 f"| {source} | {split} | {counts} | {found['period'][0]} to {found['period'][1]} |"
             )
+    lines += _model_lines(card.get("model"))
     policy = card["operating"]["policy"]
     lines += [
         "",

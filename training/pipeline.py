@@ -172,7 +172,9 @@ def train_and_publish(
         chosen = staging / default
         probabilities, policy, reports = evaluated[default]
         write_report(reports, workdir / "reports")
-        card = _card(data, fingerprint, train_config, config, policy, probabilities)
+        card = _card(
+            data, fingerprint, train_config, config, policy, probabilities, entries[default]
+        )
         for directory in (chosen, workdir / "reports"):  # staging: published with the version
             write_model_card(card, directory)
             (directory / FIGURES_FILE).write_text(json.dumps(figures, indent=2))
@@ -216,7 +218,7 @@ def _variant_figures(entries, evaluated, staging: Path, data, config: VariantsCo
     return timed_figures(rows, version_dirs, data["validation"], config)
 
 
-def _card(data, fingerprint, train_config, config, policy, probabilities) -> dict:
+def _card(data, fingerprint, train_config, config, policy, probabilities, variant) -> dict:
     """The model card: the data, the model alone on each scored split, the thresholds."""
     metrics = {
         split: model_metrics(
@@ -237,6 +239,7 @@ def _card(data, fingerprint, train_config, config, policy, probabilities) -> dic
         code_version(),
         config.operating_fpr,
         config.text_only,
+        variant,
     )
 
 

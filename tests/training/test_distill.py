@@ -88,6 +88,9 @@ def test_distilled_student_exports_as_a_distilled_variant(tmp_path):
     written = json.loads((student / "checkpoint.json").read_text())
     assert written["distillation"]["teacher_layers"] == 2
     assert written["distillation"]["config"]["layers"] == [1]
+    assert written["distillation"]["train_messages"] == len(data["train"])
+    # the teacher is named by its folder, not by a path of the machine that trained it
+    assert written["distillation"]["teacher"] == tiny_checkpoint().name
 
     rows = parity_rows()
     entry = export_variant(student, tmp_path / "staged", rows, "distilled")

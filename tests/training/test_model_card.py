@@ -58,3 +58,30 @@ def test_text_only_card_says_so_and_is_written_as_markdown_and_json(tmp_path):
     markdown, data = write_model_card(card, tmp_path)
     assert markdown.read_text().startswith("# Model card")
     assert "NaN" not in data.read_text() and "Infinity" not in data.read_text()
+
+
+def test_card_of_a_distilled_student_names_the_variant_and_what_the_student_trained_on():
+    variant = {
+        "name": "distilled-int8",
+        "encoder_layers": 2,
+        "quantization": {"weights": "int8"},
+        "distillation": {
+            "teacher_layers": 6,
+            "train_messages": 13239,
+            "config": {"layers": [2, 5], "max_train_messages": 18000},
+        },
+    }
+    card = _card(variant=variant)
+    limitations = " ".join(card["limitations"])
+    assert "stratified sample of at most 9000" in limitations
+    assert "2-layer student (teacher layers 2, 5 of 6)" in limitations
+    assert "on 13239 training messages" in limitations
+    assert card["model"]["name"] == "distilled-int8"
+    text = card_markdown(card)
+    assert "Variant 'distilled-int8': 2 encoder layers, int8 matrix products." in text
+
+
+def test_card_of_the_trained_model_says_nothing_of_a_student():
+    card = _card(variant={"name": "full", "encoder_layers": 6, "quantization": None})
+    assert not any("student" in note for note in card["limitations"])
+    assert "Variant 'full': 6 encoder layers, fp32." in card_markdown(card)

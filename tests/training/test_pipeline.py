@@ -47,6 +47,9 @@ def test_every_published_version_carries_its_model_card():
     assert set(card["metrics"]) == {"validation", "test"}
     assert card["operating"]["policy"]["attack_threshold"] > 0
     assert (version_dir / "MODEL_CARD.md").read_text().startswith("# Model card")
+    # the card describes the variant that was published, not only the trained model
+    published = json.loads((version_dir / "bulwark.json").read_text())["variant"]
+    assert card["model"] == published
 
 
 def test_text_only_table_has_every_signal_zeroed_and_nothing_else_changed():
