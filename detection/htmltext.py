@@ -29,7 +29,10 @@ import colorsys
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
 
 import webcolors
 from lxml import etree
@@ -54,6 +57,10 @@ _LINK_TAGS = {"a": "href", "area": "href", "form": "action"}
 _MAX_ELEMENTS = 50_000
 _MAX_CSS_CHARS = 200_000
 _MAX_RULES = 500
+# inline styles and colour values up to this long are read once per distinct string:
+# newsletters repeat the same few on every element
+_MAX_CACHED_CHARS = 512
+_CACHED_STYLES = 4096
 
 _TAG = re.compile(r"<[^<>]*>")
 _NOT_TEXT_BLOCK = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
@@ -102,7 +109,7 @@ class _PaintRule:
     background: str | None  # the declared background, if the rule sets one
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     hidden: bool = False
     skip: bool = False
@@ -217,9 +224,9 @@ class _Walk:
         if state.skip:
             return state
 
-        declarations = _declarations(element.get("style", ""))
+        declarations, style_hides = _inline_style(element.get("style", ""))
         self._paint(element, tag, declarations, state)
-        if not state.hidden and self._hides(element, tag, declarations):
+        if not state.hidden and (style_hides or self._hides(element, tag)):
             state.hidden = True
         state.camouflaged = _camouflaged(state)
 
@@ -233,7 +240,7 @@ class _Walk:
             self.linked_images += state.link >= 0
         return state
 
-    def _paint(self, element, tag: str, declarations: dict[str, str], state: _State) -> None:
+    def _paint(self, element, tag: str, declarations: Mapping[str, str], state: _State) -> None:
         """Update the text colour and background the element's text is drawn with:
         the browser's link blue, then simple `<style>` rules, then attributes and the
         inline style (each later one wins)."""
@@ -273,8 +280,10 @@ class _Walk:
         )
         return color, background
 
-    def _hides(self, element, tag: str, declarations: dict[str, str]) -> bool:
-        if element.get("hidden") is not None or _hides(declarations):
+    def _hides(self, element, tag: str) -> bool:
+        """Whether the `hidden` attribute or a simple `<style>` rule hides the element
+        (its inline style is read by `_inline_style`)."""
+        if element.get("hidden") is not None:
             return True
         return any(_matches(rule, element, tag) for rule in self.rules.matching(element, tag))
 
@@ -306,6 +315,21 @@ def _camouflaged(state: _State) -> bool:
     return False
 
 
+def _inline_style(style: str) -> tuple[Mapping[str, str], bool]:
+    """An inline style's declarations (read-only) and whether they hide the element."""
+    if len(style) > _MAX_CACHED_CHARS:
+        return _read_inline_style(style)
+    return _cached_inline_style(style)
+
+
+def _read_inline_style(style: str) -> tuple[Mapping[str, str], bool]:
+    declarations = _declarations(style)
+    return MappingProxyType(declarations), _hides(declarations)
+
+
+_cached_inline_style = lru_cache(maxsize=_CACHED_STYLES)(_read_inline_style)
+
+
 def _declarations(style: str) -> dict[str, str]:
     found = {}
     for declaration in _CSS_COMMENT.sub("", style[:4000]).split(";"):
@@ -315,7 +339,7 @@ def _declarations(style: str) -> dict[str, str]:
     return found
 
 
-def _inline_background(declarations: dict[str, str], background: str | None) -> str | None:
+def _inline_background(declarations: Mapping[str, str], background: str | None) -> str | None:
     """The background an inline style paints, else `background` as it was."""
     if "background-image" in declarations and declarations["background-image"] != "none":
         return "url()"
@@ -324,6 +348,12 @@ def _inline_background(declarations: dict[str, str], background: str | None) -> 
 
 def _background(value: str) -> tuple | str | None:
     """A background declaration's colour; None for an image, a gradient or a blend."""
+    if len(value) <= _MAX_CACHED_CHARS:
+        return _cached_background(value)
+    return _read_background(value)
+
+
+def _read_background(value: str) -> tuple | str | None:
     if "url(" in value or "gradient(" in value:
         return None
     rgba = _rgba(value)
@@ -332,6 +362,9 @@ def _background(value: str) -> tuple | str | None:
     if rgba is None or rgba[3] < 0.95:
         return None
     return rgba[:3]
+
+
+_cached_background = lru_cache(maxsize=_CACHED_STYLES)(_read_background)
 
 
 def _length(value: str) -> tuple[float, str] | None:
@@ -344,7 +377,7 @@ def _length(value: str) -> tuple[float, str] | None:
         return None
 
 
-def _hides(declarations: dict[str, str]) -> bool:
+def _hides(declarations: Mapping[str, str]) -> bool:
     """Whether these CSS declarations make an element's text unreadable."""
     if not declarations:
         return False
@@ -428,10 +461,19 @@ def _scaled_away(declarations: dict[str, str]) -> bool:
 
 def _color(value: str) -> tuple | str | None:
     """A text colour as (r, g, b), _TRANSPARENT, or None when it is not known."""
+    if len(value) <= _MAX_CACHED_CHARS:
+        return _cached_color(value)
+    return _read_color(value)
+
+
+def _read_color(value: str) -> tuple | str | None:
     rgba = _rgba(value)
     if rgba is None or rgba == _TRANSPARENT:
         return rgba
     return rgba[:3]
+
+
+_cached_color = lru_cache(maxsize=_CACHED_STYLES)(_read_color)
 
 
 def _rgba(value: str) -> tuple | str | None:
@@ -495,7 +537,7 @@ def _named(value: str) -> tuple | None:
         return None
 
 
-def _is_pixel(element, declarations: dict[str, str]) -> bool:
+def _is_pixel(element, declarations: Mapping[str, str]) -> bool:
     """A 0x0 or 1x1 image: a tracking pixel, not something a reader sees."""
     for name in ("width", "height"):
         size = _length(element.get(name, "") or declarations.get(name, ""))

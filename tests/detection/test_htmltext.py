@@ -235,3 +235,17 @@ def test_id_tag_and_multi_class_rules_hide_only_what_they_match():
     views = html_to_views(html)
 
     assert (views.visible, views.hidden) == ("Shown", "one two three")
+
+
+@pytest.mark.parametrize("padding", [0, 2000], ids=["short style", "style past the cache"])
+def test_a_repeated_inline_style_hides_every_element_it_is_on(padding):
+    hiding = "display:none;" + "margin:0;" * (padding // 9)
+    html = "".join(
+        f'<p>Shown {i}</p><div style="{hiding}">secret {i}</div><p style="color:#222">Also {i}</p>'
+        for i in range(3)
+    )
+
+    views = html_to_views(html)
+
+    assert views.visible == "Shown 0 Also 0 Shown 1 Also 1 Shown 2 Also 2"
+    assert views.hidden == "secret 0 secret 1 secret 2"

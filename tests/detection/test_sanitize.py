@@ -174,6 +174,16 @@ def test_corpus_placeholders_are_replaced_in_any_case():
     assert out.count(RECIPIENT_PLACEHOLDER.encode()) >= 3  # the To: header's, and these two
 
 
+def test_corpus_placeholders_are_replaced_where_they_stand_and_nothing_else_moves():
+    out = sanitize(_message("", "Ünïcode Phishing@Pot, then USERNAME@DOMAIN.COM.\n"))
+
+    body = out.split(b"\n\n", 1)[1]
+    assert (
+        body
+        == ("Ünïcode " + RECIPIENT_PLACEHOLDER + ", then " + RECIPIENT_PLACEHOLDER + ".\n").encode()
+    )
+
+
 def test_list_from_munging_is_undone():
     headers = (
         "Reply-To: Alice Example <alice@example.com>\nList-Id: <team-talk.lists.example.com>\n"
