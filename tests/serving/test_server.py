@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
-import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -96,15 +98,6 @@ def test_bad_settings_are_rejected_before_anything_starts(tmp_path):
         _ = TritonServer(tmp_path).pid
 
 
-def test_a_server_process_that_has_exited_has_no_pid_to_read(tmp_path):
-    server = TritonServer(tmp_path)
-    server._process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
-    server._process.wait(timeout=30)
-
-    with pytest.raises(RuntimeError, match="exited with code 3; it has no process"):
-        _ = server.pid
-
-
 # with a server
 
 
@@ -142,6 +135,22 @@ def test_stop_ends_the_server_and_frees_its_ports(tmp_path):
 
     assert not server.is_running()
     assert not is_listening(port)
+
+
+@pytest.mark.server
+def test_a_server_that_was_killed_has_no_pid_to_read_and_still_stops_cleanly(tmp_path):
+    server = TritonServer(tmp_path, model_control_mode="explicit").start()
+    pid = server.pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while server.is_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    killed = f"exited with code -{signal.SIGKILL}; it has no process"
+    with pytest.raises(RuntimeError, match=killed):
+        _ = server.pid
+    server.stop()
+    assert not server.is_running()
 
 
 @pytest.mark.server
