@@ -102,6 +102,12 @@ def test_pipeline_exports_distilled_variants_from_a_student_it_distils(tmp_path)
     assert layers == {"full": teacher_layers, "distilled-int8": 1}
     assert (tmp_path / "work" / "student" / "checkpoint.json").is_file()
     assert "distill" in result.stage_seconds
+    # the card describes the published variant; the student's record holds no path
+    card = json.loads((result.version_dir / "model_card.json").read_text())
+    assert card["model"] == json.loads((result.version_dir / "bulwark.json").read_text())["variant"]
+    student_meta = json.loads((tmp_path / "work" / "student" / "checkpoint.json").read_text())
+    assert "/" not in student_meta["distillation"]["teacher"]
+    assert student_meta["distillation"]["train_messages"] == len(data["train"])
 
 
 def test_pipeline_refuses_variants_without_the_full_model_or_unknown_ones():
