@@ -331,8 +331,11 @@ _cached_inline_style = lru_cache(maxsize=_CACHED_STYLES)(_read_inline_style)
 
 
 def _declarations(style: str) -> dict[str, str]:
+    """Every declaration of a style, the later of two for one property winning. All
+    of it is read, as a browser reads it: padding a style must not push a hiding
+    declaration out of sight (the work stays linear in the document's size)."""
     found = {}
-    for declaration in _CSS_COMMENT.sub("", style[:4000]).split(";"):
+    for declaration in _CSS_COMMENT.sub("", style).split(";"):
         name, _, value = declaration.partition(":")
         if value:
             found[name.strip().lower()] = value.replace("!important", "").strip().lower()

@@ -249,3 +249,13 @@ def test_a_repeated_inline_style_hides_every_element_it_is_on(padding):
 
     assert views.visible == "Shown 0 Also 0 Shown 1 Also 1 Shown 2 Also 2"
     assert views.hidden == "secret 0 secret 1 secret 2"
+
+
+@pytest.mark.parametrize(
+    "padding", ["color:black;" * 400, "/*" + "x" * 4000 + "*/"], ids=["declarations", "comment"]
+)
+def test_a_hiding_declaration_after_a_long_padding_still_hides(padding):
+    views = html_to_views(f'<p>Visible</p><p style="{padding}display:none">filler words</p>')
+
+    assert views.visible == "Visible"
+    assert views.hidden == "filler words"
