@@ -315,19 +315,22 @@ def _camouflaged(state: _State) -> bool:
     return False
 
 
+def _cached_when_short(read):
+    """`read` of a string, remembered for each distinct string of at most
+    `_MAX_CACHED_CHARS` characters (its results must not be mutated)."""
+    cached = lru_cache(maxsize=_CACHED_STYLES)(read)
+
+    def lookup(value: str):
+        return cached(value) if len(value) <= _MAX_CACHED_CHARS else read(value)
+
+    return lookup
+
+
+@_cached_when_short
 def _inline_style(style: str) -> tuple[Mapping[str, str], bool]:
     """An inline style's declarations (read-only) and whether they hide the element."""
-    if len(style) > _MAX_CACHED_CHARS:
-        return _read_inline_style(style)
-    return _cached_inline_style(style)
-
-
-def _read_inline_style(style: str) -> tuple[Mapping[str, str], bool]:
     declarations = _declarations(style)
     return MappingProxyType(declarations), _hides(declarations)
-
-
-_cached_inline_style = lru_cache(maxsize=_CACHED_STYLES)(_read_inline_style)
 
 
 def _declarations(style: str) -> dict[str, str]:
@@ -349,14 +352,9 @@ def _inline_background(declarations: Mapping[str, str], background: str | None) 
     return declarations.get("background-color") or declarations.get("background") or background
 
 
+@_cached_when_short
 def _background(value: str) -> tuple | str | None:
     """A background declaration's colour; None for an image, a gradient or a blend."""
-    if len(value) <= _MAX_CACHED_CHARS:
-        return _cached_background(value)
-    return _read_background(value)
-
-
-def _read_background(value: str) -> tuple | str | None:
     if "url(" in value or "gradient(" in value:
         return None
     rgba = _rgba(value)
@@ -365,9 +363,6 @@ def _read_background(value: str) -> tuple | str | None:
     if rgba is None or rgba[3] < 0.95:
         return None
     return rgba[:3]
-
-
-_cached_background = lru_cache(maxsize=_CACHED_STYLES)(_read_background)
 
 
 def _length(value: str) -> tuple[float, str] | None:
@@ -462,21 +457,13 @@ def _scaled_away(declarations: dict[str, str]) -> bool:
     return False
 
 
+@_cached_when_short
 def _color(value: str) -> tuple | str | None:
     """A text colour as (r, g, b), _TRANSPARENT, or None when it is not known."""
-    if len(value) <= _MAX_CACHED_CHARS:
-        return _cached_color(value)
-    return _read_color(value)
-
-
-def _read_color(value: str) -> tuple | str | None:
     rgba = _rgba(value)
     if rgba is None or rgba == _TRANSPARENT:
         return rgba
     return rgba[:3]
-
-
-_cached_color = lru_cache(maxsize=_CACHED_STYLES)(_read_color)
 
 
 def _rgba(value: str) -> tuple | str | None:
