@@ -63,9 +63,11 @@ _MAX_CACHED_CHARS = 512
 _CACHED_STYLES = 4096
 
 _TAG = re.compile(r"<[^<>]*>")
+_UNCLOSED_TAG = re.compile(r"<[/!?a-zA-Z][^<>]*\Z")
 _NOT_TEXT_BLOCK = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _NUMBER = re.compile(r"([-+]?[\d.]+)\s*([a-z%]*)")
 _CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|\Z)", re.DOTALL)  # an unclosed one runs to the end
+_IMPORTANT = re.compile(r"!\s*important\b")
 _CSS_AT_RULE = re.compile(r"@[\w-]+[^{;]*([{;])")
 _CSS_BRACE = re.compile(r"[{}]")
 _SIMPLE_SELECTOR = re.compile(r"([a-z][a-z0-9]*)?((?:[.#][\w-]+)*)", re.IGNORECASE)
@@ -147,8 +149,11 @@ def html_to_views(html: str) -> HtmlViews:
 
 
 def _stripped(html: str) -> HtmlViews:
+    """The document's text with tags stripped, from its first `_MAX_CSS_CHARS * 5`
+    characters; a tag the cut left open is dropped with the rest."""
     text = _NOT_TEXT_BLOCK.sub(" ", html[: _MAX_CSS_CHARS * 5])
-    return HtmlViews(" ".join(_TAG.sub(" ", text).split()), "", (), 0, 0)
+    text = _UNCLOSED_TAG.sub("", _TAG.sub(" ", text))
+    return HtmlViews(" ".join(text.split()), "", (), 0, 0)
 
 
 def _parser() -> etree.HTMLParser:
@@ -334,14 +339,23 @@ def _inline_style(style: str) -> tuple[Mapping[str, str], bool]:
 
 
 def _declarations(style: str) -> dict[str, str]:
-    """Every declaration of a style, the later of two for one property winning. All
-    of it is read, as a browser reads it: padding a style must not push a hiding
-    declaration out of sight (the work stays linear in the document's size)."""
+    """Every declaration of a style, as a browser resolves them: the later of two for
+    one property wins, unless only the earlier is `!important`. All of it is read:
+    padding a style must not push a hiding declaration out of sight (the work stays
+    linear in the document's size)."""
     found = {}
+    important = set()
     for declaration in _CSS_COMMENT.sub("", style).split(";"):
         name, _, value = declaration.partition(":")
-        if value:
-            found[name.strip().lower()] = value.replace("!important", "").strip().lower()
+        if not value:
+            continue
+        name = name.strip().lower()
+        value, marked = _IMPORTANT.subn("", value.lower())
+        if marked:
+            important.add(name)
+        elif name in important:
+            continue
+        found[name] = value.strip()
     return found
 
 

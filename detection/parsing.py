@@ -187,6 +187,20 @@ _HEADER_FIELD = re.compile(
     rb"(?:^|(?<=[\r\n]))[^ \t\r\n][^\r\n]*(?:\r\n|\n|\r)?(?:[ \t][^\r\n]*(?:\r\n|\n|\r)?)*"
 )
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+# Fields that decide how a message or part is read, or who sent it: the first of each
+# is kept even past the header-field cap.
+_KEPT_PAST_CAP = frozenset(
+    {
+        b"content-type",
+        b"content-transfer-encoding",
+        b"content-disposition",
+        b"mime-version",
+        b"from",
+        b"sender",
+        b"reply-to",
+        b"subject",
+    }
+)
 _FOLD = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]{1,75})\?([bBqQ])\?([^?]*)\?=")
 _MESSAGE_ID = re.compile(
@@ -419,13 +433,20 @@ def _split_head(data: bytes) -> tuple[bytes, bytes, bool]:
 
 
 def _read_headers(block: bytes, limits: ParseLimits, defects: _Defects) -> _Headers:
-    """Cap the fields, then parse them with compat32 from bytes."""
+    """Cap the fields, then parse them with compat32 from bytes. Past the cap only the
+    first of each structural field is kept, so that padding a header block cannot
+    turn an HTML body into plain text or drop the sender."""
     kept = []
+    past_cap = set()
     for count, match in enumerate(_HEADER_FIELD.finditer(block)):
-        if count >= limits.max_header_fields:
-            defects.add("limit_hit")
-            break
         raw = match.group(0)
+        if count >= limits.max_header_fields:
+            if count == limits.max_header_fields:
+                defects.add("limit_hit")
+            name = raw.partition(b":")[0].strip().lower()
+            if name not in _KEPT_PAST_CAP or name in past_cap:
+                continue
+            past_cap.add(name)
         if len(raw) > limits.max_header_field_bytes:
             defects.add("limit_hit")
             raw = raw[: limits.max_header_field_bytes]

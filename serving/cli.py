@@ -67,6 +67,12 @@ def in_process_scoring(
 
     Raises SetupError naming the model directory when it is missing or will not load.
     """
+    # the paths are checked before the model's libraries are imported (seconds)
+    if model and not Path(model).is_dir():
+        raise SetupError(f"model directory {str(model)!r} does not exist")
+    for option, path in (("--history", history), ("--directory", directory)):
+        if path and not Path(path).is_file():
+            raise SetupError(f"{option} file {str(path)!r} does not exist")
     from serving.scorer import Scorer
     from training.export import latest_version_dir
 
@@ -74,11 +80,6 @@ def in_process_scoring(
         model_dir = Path(model) if model else latest_version_dir(DEFAULT_REPOSITORY)
     except FileNotFoundError as error:
         raise SetupError(str(error)) from error
-    if not model_dir.is_dir():
-        raise SetupError(f"model directory {str(model_dir)!r} does not exist")
-    for option, path in (("--history", history), ("--directory", directory)):
-        if path and not Path(path).is_file():
-            raise SetupError(f"{option} file {str(path)!r} does not exist")
     _check_readable(history, directory)
     try:
         scorer = Scorer.load(model_dir, history_path=history, directory_path=directory, learn=learn)

@@ -15,6 +15,19 @@ def test_zero_size_span_inside_a_word_is_hidden():
     assert views.hidden == "quarterly agenda"
 
 
+def test_nesting_past_the_parser_limit_leaves_no_tag_fragment_in_the_text():
+    html = "<div>" * 100_000 + "deep text" + "</div>" * 100_000
+
+    views = html_to_views(html)
+
+    assert views.truncated
+    assert "<" not in views.visible
+
+
+def test_a_stray_less_than_sign_at_the_end_of_the_text_is_kept():
+    assert html_to_views("<p>a < b</p>").visible == "a < b"
+
+
 @pytest.mark.parametrize(
     "style",
     [
@@ -259,3 +272,21 @@ def test_a_hiding_declaration_after_a_long_padding_still_hides(padding):
 
     assert views.visible == "Visible"
     assert views.hidden == "filler words"
+
+
+@pytest.mark.parametrize(
+    "style",
+    ["display:none !important; display:block", "display: none ! IMPORTANT;display:inline"],
+)
+def test_an_important_hiding_declaration_beats_a_later_plain_one(style):
+    views = html_to_views(f'<p>Visible</p><p style="{style}">filler words</p>')
+
+    assert views.visible == "Visible"
+    assert views.hidden == "filler words"
+
+
+def test_a_later_important_declaration_overrides_an_earlier_hiding_one():
+    views = html_to_views('<p style="display:none; display:block !important">Shown</p>')
+
+    assert views.visible == "Shown"
+    assert views.hidden == ""

@@ -324,6 +324,33 @@ def test_oversized_message_is_read_up_to_the_limit():
     assert parsed.visible_text.startswith("Log in now.")
 
 
+def test_padding_the_header_block_past_the_field_cap_still_reads_the_html_body():
+    padding = b"".join(b"X-Pad-%d: filler\r\n" % i for i in range(400))
+    raw = padding + (
+        b"From: Alice Example <alice@example.com>\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+        b'<p>Please log in</p><p style="display:none">hidden words</p>'
+    )
+
+    parsed = parse_message(raw)
+
+    assert parsed.defects["limit_hit"] == 1
+    assert parsed.has_html_part
+    assert parsed.visible_text == "Please log in"
+    assert parsed.hidden_text == "hidden words"
+    assert parsed.from_.address == "alice@example.com"
+
+
+def test_past_the_field_cap_only_the_first_structural_field_of_a_name_is_kept():
+    padding = b"".join(b"X-Pad-%d: filler\r\n" % i for i in range(300))
+    raw = padding + b"Content-Type: text/html\r\nContent-Type: text/plain\r\n\r\n<b>Hi</b>"
+
+    parsed = parse_message(raw)
+
+    assert parsed.has_html_part
+    assert parsed.visible_text == "Hi"
+
+
 def test_time_budget_stops_reading_further_parts():
     limits = ParseLimits(time_budget_s=1e-9)
     parsed = parse_message(multipart([("", b"one"), ("", b"two")]), limits)

@@ -4,6 +4,7 @@ import logging
 import pytest
 
 from serving.cli import main
+from tests.fresh_interpreter import run_isolated
 from tests.model_fixtures import synthetic_raw_messages, tiny_model_version
 
 
@@ -94,6 +95,19 @@ def test_missing_model_is_an_error_naming_it(tmp_path, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "no-model" in errors[0] and "does not exist" in errors[0]
     assert _summary(caplog) == {"read": 0, "scored": 0, "failed": 0}
+
+
+def test_a_missing_model_is_reported_before_torch_and_transformers_are_imported(tmp_path):
+    folder = _write_mail_dir(tmp_path, count=1)
+    code = (
+        "from serving.cli import main; "
+        f"status = main(['score', {str(folder)!r}, '--model', {str(tmp_path / 'no-model')!r}]); "
+        "print(status, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+
+    finished = run_isolated(code)
+
+    assert finished.stdout.split() == ["2", "False", "False"], finished.stderr
 
 
 def test_model_directory_that_will_not_load_is_an_error_naming_it(tmp_path, caplog):
