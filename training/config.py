@@ -18,6 +18,28 @@ from typing import Any
 from detection.fusion import ENCODERS
 from detection.signals import GROUPS
 
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+def resolve_precision(requested: str) -> str:
+    """The Accelerate precision to train in: `requested`, or for "auto" bf16 where the
+    hardware computes it natively (a CUDA GPU that supports it, or a CPU with AVX-512
+    BF16 or AMX), else "no" (fp32). On a CPU without them bf16 is emulated: a MiniLM
+    training step took 60 s in bf16 against 1.9 s in fp32 on an AVX2-only host,
+    where an AVX-512 BF16 host runs bf16 about twice as fast as fp32."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    # torch names these checks privately; a torch without them is taken to lack both
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    native = any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+    return "bf16" if native else "no"
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -33,7 +55,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     freeze_embeddings: bool = True  # saves a third of the backward pass on CPU
-    mixed_precision: str = "bf16"  # "no", "bf16" or "fp16"
+    mixed_precision: str = "auto"  # "auto" (see resolve_precision), "no", "bf16" or "fp16"
     seed: int = 13
     log_every: int = 20  # optimiser steps between progress lines
     eval_batch_size: int = 64
@@ -48,9 +70,9 @@ class TrainConfig:
             raise ValueError(f"model_signal_groups must be among {GROUPS}, got {unknown_groups}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
+        if self.mixed_precision not in PRECISIONS:
             raise ValueError(
-                f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}"
+                f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}"
             )
         if not 0 < self.head_tokens < self.max_length - 1:
             raise ValueError(
@@ -107,7 +129,7 @@ class DistillConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     freeze_embeddings: bool = True
-    mixed_precision: str = "bf16"
+    mixed_precision: str = "auto"
     seed: int = 13
     log_every: int = 20
 
@@ -128,9 +150,9 @@ class DistillConfig:
                 raise ValueError(f"{name} must be None (no limit) or at least 1, got {value!r}")
         if not 0.0 <= self.soft_weight <= 1.0:
             raise ValueError(f"soft_weight must be in [0, 1], got {self.soft_weight}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
+        if self.mixed_precision not in PRECISIONS:
             raise ValueError(
-                f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}"
+                f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}"
             )
         for name in ("batch_size", "epochs", "log_every"):
             if getattr(self, name) < 1:

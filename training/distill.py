@@ -34,7 +34,7 @@ from transformers import BertModel, get_linear_schedule_with_warmup
 
 from detection.fusion import FusionModel
 from detection.signals import SIGNAL_NAMES
-from training.config import DistillConfig, TrainConfig
+from training.config import DistillConfig, TrainConfig, resolve_precision
 from training.train import (
     class_weights,
     load_checkpoint,
@@ -109,7 +109,8 @@ def distill(
     fingerprint: str = "",
 ) -> Path:
     config = config or DistillConfig()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    precision = resolve_precision(config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision)
     set_seed(config.seed)
     teacher, meta = load_checkpoint(Path(teacher_dir))
     train_config = TrainConfig.from_dict(meta["train_config"])
@@ -151,12 +152,13 @@ def distill(
 
     if accelerator.is_main_process:
         logger.info(
-            "distilling %s (%d layers) into layers %s on %d messages: %d steps",
+            "distilling %s (%d layers) into layers %s on %d messages: %d steps, precision %s",
             teacher_dir,
             accelerator.unwrap_model(teacher).encoder.config.num_hidden_layers,
             list(config.layers),
             len(rows),
             total_steps,
+            precision,
         )
     teacher.eval()
 

@@ -36,7 +36,7 @@ from detection.encoding import encode_batch, load_tokenizer
 from detection.fusion import FusionModel, build_encoder, signal_mask, tokenizer_path
 from detection.signals import SIGNAL_NAMES
 from detection.tensors import CLASS_NAMES
-from training.config import PRESETS, TrainConfig
+from training.config import PRESETS, TrainConfig, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ def build_optimizer(model: FusionModel, config: TrainConfig) -> torch.optim.Opti
 
 
 def train(config: TrainConfig, data: DatasetDict, output_dir: Path, fingerprint: str = "") -> Path:
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    precision = resolve_precision(config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision)
     set_seed(config.seed)
 
     # data
@@ -164,7 +165,7 @@ def train(config: TrainConfig, data: DatasetDict, output_dir: Path, fingerprint:
             total_steps,
             config.batch_size,
             config.max_length,
-            config.mixed_precision,
+            precision,
         )
 
     def batch_loss(batch):

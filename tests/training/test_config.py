@@ -1,6 +1,6 @@
 import pytest
 
-from training.config import PRESETS, TrainConfig
+from training.config import PRESETS, DistillConfig, TrainConfig, resolve_precision
 
 
 def test_defaults_describe_the_cpu_run():
@@ -42,3 +42,38 @@ def test_model_signal_groups_read_from_a_json_list_and_reject_unknown_groups():
     assert config.model_signal_groups == ("message",)
     with pytest.raises(ValueError, match="model_signal_groups must be among"):
         TrainConfig.from_dict({"model_signal_groups": ["message", "bcc"]})
+
+
+def _cpu_with(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"),
+    [(False, False, "no"), (True, False, "bf16"), (False, True, "bf16")],
+    ids=["avx2 only", "avx512 bf16", "amx"],
+)
+def test_auto_precision_trains_in_bf16_only_where_the_cpu_computes_it(
+    monkeypatch, avx512_bf16, amx, expected
+):
+    _cpu_with(monkeypatch, avx512_bf16, amx)
+
+    assert resolve_precision("auto") == expected
+
+
+def test_an_explicit_precision_is_kept_whatever_the_cpu(monkeypatch):
+    _cpu_with(monkeypatch, avx512_bf16=False, amx=False)
+
+    assert resolve_precision("bf16") == "bf16"
+    assert resolve_precision("no") == "no"
+
+
+@pytest.mark.parametrize("config", [TrainConfig, DistillConfig])
+def test_precision_defaults_to_auto_and_rejects_unknown_names(config):
+    assert config().mixed_precision == "auto"
+    with pytest.raises(ValueError, match=r"mixed_precision must be one of .*got 'fp8'"):
+        config(mixed_precision="fp8")
