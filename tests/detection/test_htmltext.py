@@ -275,18 +275,16 @@ def test_a_hiding_declaration_after_a_long_padding_still_hides(padding):
 
 
 @pytest.mark.parametrize(
-    "style",
-    ["display:none !important; display:block", "display: none ! IMPORTANT;display:inline"],
+    ("style", "visible", "hidden"),
+    [
+        ("display:none !important; display:block", "Visible", "filler words"),
+        ("display: none ! IMPORTANT;display:inline", "Visible", "filler words"),
+        ("display:none; display:block !important", "Visible filler words", ""),
+    ],
+    ids=["important first", "spaced and upper case", "important last"],
 )
-def test_an_important_hiding_declaration_beats_a_later_plain_one(style):
+def test_an_important_declaration_wins_over_a_plain_one_in_either_order(style, visible, hidden):
     views = html_to_views(f'<p>Visible</p><p style="{style}">filler words</p>')
 
-    assert views.visible == "Visible"
-    assert views.hidden == "filler words"
-
-
-def test_a_later_important_declaration_overrides_an_earlier_hiding_one():
-    views = html_to_views('<p style="display:none; display:block !important">Shown</p>')
-
-    assert views.visible == "Shown"
-    assert views.hidden == ""
+    assert views.visible == visible
+    assert views.hidden == hidden
