@@ -16,7 +16,10 @@ table:
 4. the naive way to serve the same fine-tuned weights: a `transformers` tokenizer
    padding every message to 512 tokens and the PyTorch fp32 model, one message at a
    time, after the same parse and signals;
-5. the ratios: Triton against in-process, and Bulwark against the naive way.
+5. the ratios: Triton against in-process, concurrency 16 against 1, Bulwark
+   against the naive way, and the CPU ceiling: the throughput this host's cores
+   would give at the lowest CPU cost per request any concurrency reached, which
+   bounds what more callers can add.
 
 The messages are those whose model text (subject and visible text) fits the
 model's token limit whole, 256 tokens for the default model, as the serving targets
@@ -506,6 +509,28 @@ def table(rows: list[Level]) -> str:
     return "\n".join(lines)
 
 
+def cpu_ceiling(rows: Sequence[Level], one: Level, cores: int) -> list[str]:
+    """The line bounding what more callers can add on this host: `cores` kept busy at
+    the lowest CPU cost per request of any row (server, model instances and clients
+    together), against the throughput of `one`; no line when no row has CPU figures.
+    Throughput goes beyond it only if requests get cheaper than any row made them.
+    """
+    costs = {
+        row.concurrency: sum(row.cpu_ms_per_request.values())
+        for row in rows
+        if row.cpu_ms_per_request
+    }
+    if not costs:
+        return []
+    cheapest = min(costs, key=costs.__getitem__)
+    ceiling = 1000.0 * cores / costs[cheapest]
+    return [
+        f"CPU ceiling: {cores} cores / {costs[cheapest]:.2f} ms of CPU per request (the "
+        f"cheapest, at concurrency {cheapest}) = {ceiling:.1f} msg/s, "
+        f"{ceiling / one.per_s:.2f}x concurrency {one.concurrency}"
+    ]
+
+
 def ratios(in_process: list[Level], triton: list[Level], naive: Level | None) -> list[str]:
     by_concurrency = {r.concurrency: r for r in triton}
     best_triton = max(triton, key=lambda r: r.per_s)
@@ -519,6 +544,7 @@ def ratios(in_process: list[Level], triton: list[Level], naive: Level | None) ->
         lines.append(
             f"Triton throughput, concurrency 16 / concurrency 1: {gain:.2f}x (target >= 4)"
         )
+        lines.extend(cpu_ceiling(triton, by_concurrency[1], os.cpu_count() or 1))
     if 1 in by_concurrency:
         one = by_concurrency[1]
         lines.append(

@@ -84,3 +84,28 @@ def test_a_row_in_which_the_server_served_nothing_reports_its_cpu_total():
     spent = bench_serving.cpu_per_request({"tritonserver": 1.0}, {"tritonserver": 1.25}, served=0)
 
     assert spent == pytest.approx({"tritonserver": 250.0})
+
+
+def _row(concurrency: int, per_s: float, cpu: dict[str, float] | None):
+    return bench_serving.Level(
+        "Triton + gRPC client", concurrency, 100, 9.0, 15.0, per_s, cpu_ms_per_request=cpu
+    )
+
+
+def test_the_cpu_ceiling_uses_the_cheapest_row_and_compares_it_with_concurrency_one():
+    one = _row(1, 100.0, {"tritonserver": 1.0, "model instances": 11.0, "clients": 1.0})
+    sixteen = _row(16, 180.0, {"tritonserver": 0.5, "model instances": 9.0, "clients": 0.5})
+    sixty_four = _row(64, 190.0, {"tritonserver": 0.2, "model instances": 7.5, "clients": 0.3})
+
+    (line,) = bench_serving.cpu_ceiling([one, sixteen, sixty_four], one, cores=2)
+
+    # 2 cores / 8 ms of CPU per request at concurrency 64 = 250 msg/s, 2.5x the 100 msg/s
+    assert line == (
+        "CPU ceiling: 2 cores / 8.00 ms of CPU per request (the cheapest, at concurrency 64)"
+        " = 250.0 msg/s, 2.50x concurrency 1"
+    )
+
+
+def test_no_cpu_ceiling_is_claimed_without_cpu_figures():
+    one = _row(1, 100.0, None)
+    assert bench_serving.cpu_ceiling([one, _row(16, 180.0, None)], one, cores=2) == []
