@@ -5,7 +5,8 @@ table:
 
 1. in-process scoring (parse, signals, ONNX Runtime, decision) with `Scorer`:
    one message at a time (p50, p99) and in batches (throughput);
-2. the Triton path through the thin gRPC client at each `--concurrency` (closed
+2. the Triton path through the thin client (gRPC, or HTTP with `--protocol http`)
+   at each `--concurrency` (closed
    loop: that many callers, each sending its next message when the last answered):
    p50, p99 and throughput, with the server's own statistics over the same
    requests (executions against inferences, mean queue and compute time) and the
@@ -69,7 +70,7 @@ from detection.decision import decide  # noqa: E402
 from detection.features import extract_features, model_text, parse_for_model  # noqa: E402
 from detection.sources import RawMessage, iter_messages  # noqa: E402
 from serving.cli import non_negative_int, positive_int  # noqa: E402
-from serving.client import BulwarkClient  # noqa: E402
+from serving.client import PROTOCOLS, BulwarkClient  # noqa: E402
 from serving.onnx_settings import SPIN_MODES  # noqa: E402
 from serving.pbtxt import ServingSettings, write_config  # noqa: E402
 from serving.scorer import HISTORY_ENV, ScoreItem, Scorer  # noqa: E402
@@ -80,6 +81,7 @@ logger = logging.getLogger("bench_serving")
 
 MODEL_NAME = "bulwark"
 ORG = "bench"
+PROTOCOL_NAMES = {"grpc": "gRPC", "http": "HTTP"}
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ def server_stats(http_url: str) -> dict:
     }
 
 
-def closed_loop(grpc_url: str, messages: list[RawMessage], concurrency: int, requests: int):
+def closed_loop(url: str, messages: list[RawMessage], concurrency: int, requests: int):
     """`concurrency` callers share `requests` requests; returns (latencies ms, errors, seconds)."""
     latencies: list[float] = []
     errors = [0]
@@ -232,7 +234,7 @@ def closed_loop(grpc_url: str, messages: list[RawMessage], concurrency: int, req
     lock = threading.Lock()
 
     def caller() -> None:
-        with BulwarkClient(grpc_url, timeout_s=60) as client:
+        with BulwarkClient(url, timeout_s=60) as client:
             while True:
                 with lock:
                     index = next(counter, None)
@@ -312,16 +314,21 @@ def cpu_note(spent: dict[str, float] | None) -> str:
     return "CPU ms per served request: " + figures
 
 
+def server_url(server: TritonServer, protocol: str) -> str:
+    return server.grpc_url if protocol == "grpc" else server.http_url
+
+
 def bench_triton(
-    server: TritonServer, messages, levels: Sequence[int], requests: int
+    server: TritonServer, messages, levels: Sequence[int], requests: int, protocol: str = "grpc"
 ) -> list[Level]:
-    closed_loop(server.grpc_url, messages, 4, 16)  # warm-up: connections, first batches
+    url = server_url(server, protocol)
+    closed_loop(url, messages, 4, 16)  # warm-up: connections, first batches
     rows = []
     for concurrency in levels:
         count = max(requests, 8 * concurrency)
         before = server_stats(server.http_url)
         cpu_before = cpu_seconds(server.pid)
-        latencies, errors, seconds = closed_loop(server.grpc_url, messages, concurrency, count)
+        latencies, errors, seconds = closed_loop(url, messages, concurrency, count)
         cpu_after = cpu_seconds(server.pid)
         after = server_stats(server.http_url)
         inferences = after["inferences"] - before["inferences"]
@@ -332,7 +339,7 @@ def bench_triton(
         p50, p99 = percentiles(latencies)
         rows.append(
             Level(
-                "Triton + gRPC client",
+                f"Triton + {PROTOCOL_NAMES[protocol]} client",
                 concurrency,
                 count,
                 p50,
@@ -375,7 +382,13 @@ def perf_analyzer_data(messages: list[RawMessage], path: Path) -> Path:
 
 
 def bench_perf_analyzer(
-    binary: str | None, libs: str | None, server: TritonServer, messages, levels, workdir: Path
+    binary: str | None,
+    libs: str | None,
+    server: TritonServer,
+    messages,
+    levels,
+    workdir: Path,
+    protocol: str = "grpc",
 ) -> tuple[list[Level], str]:
     found = shutil.which(binary or "perf_analyzer")
     if found is None:
@@ -395,9 +408,9 @@ def bench_perf_analyzer(
             "-m",
             MODEL_NAME,
             "-i",
-            "grpc",
+            protocol,
             "-u",
-            server.grpc_url.removeprefix("grpc://"),
+            server_url(server, protocol).split("://", 1)[1],
             "--input-data",
             str(data),
             "--concurrency-range",
@@ -430,7 +443,7 @@ def bench_perf_analyzer(
         }
         rows.append(
             Level(
-                "perf_analyzer (gRPC)",
+                f"perf_analyzer ({PROTOCOL_NAMES[protocol]})",
                 concurrency,
                 0,
                 us.get("p50 latency"),
@@ -585,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="grpc", help="the client's and perf_analyzer's"
+    )
+    parser.add_argument(
         "--requests", type=positive_int, default=400, help="requests per level, at least"
     )
     parser.add_argument("--batch", type=positive_int, default=32, help="in-process batch size")
@@ -669,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         repository = build_repository(args.model.resolve(), work / "repository", settings)
         env = {HISTORY_ENV: str(history)} if history else {}
         with TritonServer(repository, env=env, startup_timeout_s=180) as server:
-            triton = bench_triton(server, messages, args.concurrency, args.requests)
+            triton = bench_triton(server, messages, args.concurrency, args.requests, args.protocol)
             analyzer, note = bench_perf_analyzer(
                 args.perf_analyzer,
                 args.perf_analyzer_libs,
@@ -677,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
                 messages,
                 args.perf_analyzer_concurrency,
                 work,
+                args.protocol,
             )
             if note:
                 notes.append(note)
