@@ -102,7 +102,8 @@ def extract_features(
     message to judge, and a verdict on it would be noise.
     """
     if not data.strip():
-        raise EmptyMessageError(f"the message is empty ({len(data)} bytes, all whitespace)")
+        held = f"{len(data)} bytes, all whitespace" if data else "0 bytes"
+        raise EmptyMessageError(f"the message is empty ({held})")
     parsed, recipients = parse_with_recipients(data, kind)
     when = when or parsed.date
     facts = history.facts_before(org, parsed, when, recipients=recipients)

@@ -14,7 +14,8 @@ that is the same on every read of the same source:
 - a ``.tar``/``.tar.gz``/``.tgz``/``.tar.bz2``/``.tar.xz`` archive of any of these,
   streamed member by member: ``archive:member`` or ``archive:member#position``; an
   archive inside an archive is read too (``outer.tar:inner.tar.gz:member``), down to
-  `MAX_ARCHIVE_DEPTH` archives deep (a deeper one is skipped with a warning);
+  `MAX_ARCHIVE_DEPTH` archives deep (a deeper one is not opened: it is yielded once,
+  under its own id, with `error` saying so);
 - text-only records (first line ``Subject: ...``, then the body, no other headers,
   as in Enron-Spam), ``kind="text"``: auto-detected, or forced with
   ``text_records=True`` (``False`` turns the detection off);
@@ -146,7 +147,7 @@ class SourceStats:
     """Counts kept while reading one source (pass one to `iter_messages` to get them)."""
 
     read: int = 0
-    skipped: int = 0  # placeholders, FIFOs and devices, archives nested too deep
+    skipped: int = 0  # placeholders, FIFOs and devices
     failed: int = 0  # files of a directory tree that could not be read
 
 
@@ -394,8 +395,9 @@ def _from_inner_archive(
     label: str, data: bytes, text_records: bool | None, stats: SourceStats, depth: int
 ) -> Iterator[_Item]:
     if depth > MAX_ARCHIVE_DEPTH:
-        logger.warning("%s: archive nested more than %d deep; skipped", label, MAX_ARCHIVE_DEPTH)
-        stats.skipped += 1
+        error = f"archive nested more than {MAX_ARCHIVE_DEPTH} deep; its messages were not read"
+        logger.warning("%s: %s", label, error)
+        yield label, b"", "rfc822", error
         return
     yield from _from_archive(label, _open_archive(label, data), text_records, stats, depth)
 

@@ -11,8 +11,10 @@ that could not be scored still gets its line, with `error` saying why (so does a
 file of a directory tree that could not be read). The summary (read, scored, failed)
 goes to standard error, also when the run stops early.
 
-Exit status: 0 when the whole source was read; 2 when the source, the model or the
-output file cannot be opened, or the source breaks midway (one error line says which).
+Exit status: 0 when the whole source was read; 1 when every message failed; 2 when
+the source, the model or the output file cannot be opened (an output file that is the
+source, or lies inside a source directory, is refused: it would destroy or join the
+mail it scores), or the source breaks midway (one error line says which).
 """
 
 from __future__ import annotations
@@ -68,11 +70,14 @@ def in_process_scoring(
     Raises SetupError naming the model directory when it is missing or will not load.
     """
     # the paths are checked before the model's libraries are imported (seconds)
-    if model and not Path(model).is_dir():
-        raise SetupError(f"model directory {str(model)!r} does not exist")
-    for option, path in (("--history", history), ("--directory", directory)):
-        if path and not Path(path).is_file():
-            raise SetupError(f"{option} file {str(path)!r} does not exist")
+    if learn and not history:
+        raise SetupError("--learn records safe verdicts into --history; give a history file")
+    if model:
+        _check_path("--model", Path(model), "directory")
+    if history and not (learn and not Path(history).exists()):  # --learn may start one
+        _check_path("--history", Path(history), "file")
+    if directory:
+        _check_path("--directory", Path(directory), "file")
     from serving.scorer import Scorer
     from training.export import latest_version_dir
 
@@ -92,6 +97,15 @@ def in_process_scoring(
         yield from scorer.score_stream(messages, org=org)
 
     return score
+
+
+def _check_path(option: str, path: Path, kind: str) -> None:
+    """SetupError unless `path` exists and is a `kind` ("file" or "directory")."""
+    if not path.exists():
+        raise SetupError(f"{option} {kind} {str(path)!r} does not exist")
+    if (kind == "directory") != path.is_dir():
+        found = "a directory" if path.is_dir() else "not a directory"
+        raise SetupError(f"{option} must be a {kind}, got {str(path)!r}, which is {found}")
 
 
 def _check_readable(history: str | None, directory: str | None) -> None:
@@ -164,6 +178,7 @@ def run_score(args: argparse.Namespace) -> int:
     counts = {"read": 0, "scored": 0, "failed": 0}
     try:
         messages = iter_messages(args.source, text_records=args.text_records or None)
+        _check_output(args.output, args.source)  # before the model's seconds of loading
         if args.server:
             _warn_server_side_options(args)
             score = server_scoring(args.server, args.org, args.concurrency)
@@ -188,6 +203,8 @@ def run_score(args: argparse.Namespace) -> int:
             status = 2
     if status == 0 and counts["failed"] and not counts["scored"]:
         status = 1  # every message failed: the run as a whole did not work
+    if status == 0 and not counts["read"]:
+        logger.warning("no message found in %s", args.source)
     return _summary(counts, status)
 
 
@@ -206,7 +223,22 @@ def _warn_server_side_options(args: argparse.Namespace) -> None:
             )
 
 
+def _check_output(path: Path | None, source: str) -> None:
+    """SetupError when the output file is the source or lies inside a source directory:
+    opening it would empty the mail before it is read, or add the verdicts to the mail
+    being scored. Nothing is opened here."""
+    if path is None or source == "-":
+        return
+    target, read = path.resolve(), Path(source).resolve()
+    if target == read or read in target.parents:
+        where = "is the source" if target == read else "lies inside the source directory"
+        raise SetupError(
+            f"output file {str(path)!r} {where} {source!r}; write the verdicts elsewhere"
+        )
+
+
 def _output(path: Path | None) -> AbstractContextManager[TextIO]:
+    """The verdicts' destination, opened for writing; SetupError when it cannot be."""
     if path is None:
         return nullcontext(sys.stdout)
     try:

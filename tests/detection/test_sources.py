@@ -352,7 +352,7 @@ def test_archive_inside_an_archive_is_read_with_both_names_in_the_ids(tmp_path):
     assert _subjects(messages) == ["Subject 1", "Subject 2"]
 
 
-def test_archives_nested_deeper_than_the_limit_are_skipped_and_counted(tmp_path):
+def test_an_archive_nested_deeper_than_the_limit_gets_an_error_line_of_its_own(tmp_path):
     data = _tar(tmp_path / "l4.tar", {"deep.eml": _mail(4)}, "w").read_bytes()
     for level in (3, 2):
         data = _tar(tmp_path / f"l{level}.tar", {f"l{level + 1}.tar": data}, "w").read_bytes()
@@ -361,8 +361,10 @@ def test_archives_nested_deeper_than_the_limit_are_skipped_and_counted(tmp_path)
 
     messages = list(iter_messages(outer, stats=stats))
 
-    assert [m.id for m in messages] == ["l1.tar:top.eml"]
-    assert stats.skipped == 1
+    assert [m.id for m in messages] == ["l1.tar:l2.tar:l3.tar:l4.tar", "l1.tar:top.eml"]
+    assert "nested more than 3 deep" in messages[0].error and not messages[0].data
+    assert messages[1].error is None
+    assert (stats.read, stats.failed) == (1, 1)
 
 
 # mbox line endings and leading bytes

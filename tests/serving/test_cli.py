@@ -234,3 +234,90 @@ def test_an_unreadable_history_or_directory_is_named_not_blamed_on_the_model(
     assert status == 2
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert f"{option} file {str(bad)!r} cannot be read" in line
+
+
+def _errors(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_an_output_file_that_is_the_source_is_refused_and_the_mail_kept(tmp_path, caplog):
+    _, version_dir = tiny_model_version()
+    message, _ = synthetic_raw_messages(1, seed=5)[0]
+    source = tmp_path / "one.eml"
+    source.write_bytes(message.data)
+
+    status = main(["score", str(source), "--model", str(version_dir), "--output", str(source)])
+
+    assert status == 2
+    assert source.read_bytes() == message.data
+    [line] = _errors(caplog)
+    assert "is the source" in line and "write the verdicts elsewhere" in line
+
+
+def test_an_output_file_inside_a_source_directory_is_refused(tmp_path, caplog):
+    folder = _write_mail_dir(tmp_path, count=1)
+    inside = folder / "verdicts.jsonl"
+
+    assert main(["score", str(folder), "--output", str(inside)]) == 2
+
+    assert not inside.exists()
+    [line] = _errors(caplog)
+    assert "lies inside the source directory" in line
+
+
+@pytest.mark.parametrize(
+    ("option", "make", "expected"),
+    [
+        ("--model", lambda p: p.write_text("x"), "--model must be a directory, got"),
+        ("--history", lambda p: p.mkdir(), "--history must be a file, got"),
+        ("--directory", lambda p: p.mkdir(), "--directory must be a file, got"),
+    ],
+)
+def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(
+    tmp_path, caplog, option, make, expected
+):
+    folder = _write_mail_dir(tmp_path, count=1)
+    wrong = tmp_path / "wrong-kind"
+    make(wrong)
+
+    assert main(["score", str(folder), option, str(wrong)]) == 2
+
+    [line] = _errors(caplog)
+    assert expected in line and "does not exist" not in line
+
+
+def test_learn_without_a_history_file_is_refused(tmp_path, caplog):
+    folder = _write_mail_dir(tmp_path, count=1)
+
+    assert main(["score", str(folder), "--learn"]) == 2
+
+    [line] = _errors(caplog)
+    assert "--learn" in line and "--history" in line
+
+
+def test_learn_starts_a_new_history_file_and_records_safe_verdicts(tmp_path):
+    import sqlite3
+
+    _, version_dir = tiny_model_version()
+    folder = _write_mail_dir(tmp_path, count=4)
+    history = tmp_path / "new-org.sqlite"
+    output = tmp_path / "verdicts.jsonl"
+    args = ["score", str(folder), "--model", str(version_dir), "--output", str(output)]
+
+    assert main([*args, "--history", str(history), "--learn"]) == 0
+
+    safe = sum(line["verdict"] == "safe" for line in _lines(output))
+    with sqlite3.connect(history) as db:
+        events = db.execute("SELECT COUNT(*) FROM series").fetchone()[0]
+    assert safe and events  # the safe mail's senders are now in the new history
+
+
+def test_a_source_without_messages_says_so(tmp_path, caplog):
+    _, version_dir = tiny_model_version()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    assert main(["score", str(empty), "--model", str(version_dir)]) == 0
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"no message found in {empty}" in w for w in warnings)
