@@ -6,8 +6,8 @@ table:
 1. in-process scoring (parse, signals, ONNX Runtime, decision) with `Scorer`:
    one message at a time (p50, p99) and in batches (throughput);
 2. the Triton path through the thin client (gRPC, or HTTP with `--protocol http`)
-   at each `--concurrency` (closed
-   loop: that many callers, each sending its next message when the last answered):
+   at each `--concurrency` (closed loop: that many callers, each sending its next
+   message when the last answered):
    p50, p99 and throughput, with the server's own statistics over the same
    requests (executions against inferences, mean queue and compute time) and the
    CPU time of tritonserver, of its model instances' processes and of the clients
