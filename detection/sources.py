@@ -14,8 +14,9 @@ that is the same on every read of the same source:
 - a ``.tar``/``.tar.gz``/``.tgz``/``.tar.bz2``/``.tar.xz`` archive of any of these,
   streamed member by member: ``archive:member`` or ``archive:member#position``; an
   archive inside an archive is read too (``outer.tar:inner.tar.gz:member``), down to
-  `MAX_ARCHIVE_DEPTH` archives deep (a deeper one is not opened: it is yielded once,
-  under its own id, with `error` saying so);
+  `MAX_ARCHIVE_DEPTH` archives deep (a deeper one is not opened, and a damaged one
+  stops after its readable messages: either is yielded once more, under its own id,
+  with `error` saying why, and the archive around it is read on);
 - text-only records (first line ``Subject: ...``, then the body, no other headers,
   as in Enron-Spam), ``kind="text"``: auto-detected, or forced with
   ``text_records=True`` (``False`` turns the detection off);
@@ -394,12 +395,19 @@ def _from_archive(
 def _from_inner_archive(
     label: str, data: bytes, text_records: bool | None, stats: SourceStats, depth: int
 ) -> Iterator[_Item]:
+    """An archive held in a member of another: too deep, or damaged, it gets one error
+    item of its own (after the messages read before the damage) and the outer archive,
+    which is intact, is read on."""
     if depth > MAX_ARCHIVE_DEPTH:
         error = f"archive nested more than {MAX_ARCHIVE_DEPTH} deep; its messages were not read"
         logger.warning("%s: %s", label, error)
         yield label, b"", "rfc822", error
         return
-    yield from _from_archive(label, _open_archive(label, data), text_records, stats, depth)
+    try:
+        yield from _from_archive(label, _open_archive(label, data), text_records, stats, depth)
+    except SourceError as error:
+        logger.warning("%s", error)
+        yield label, b"", "rfc822", str(error)
 
 
 def _looks_like_archive(data: bytes) -> bool:

@@ -69,15 +69,7 @@ def in_process_scoring(
 
     Raises SetupError naming the model directory when it is missing or will not load.
     """
-    # the paths are checked before the model's libraries are imported (seconds)
-    if learn and not history:
-        raise SetupError("--learn records safe verdicts into --history; give a history file")
-    if model:
-        _check_path("--model", Path(model), "directory")
-    if history and not (learn and not Path(history).exists()):  # --learn may start one
-        _check_path("--history", Path(history), "file")
-    if directory:
-        _check_path("--directory", Path(directory), "file")
+    _check_options(model, history, directory, learn)  # before the seconds of imports
     from serving.scorer import Scorer
     from training.export import latest_version_dir
 
@@ -99,6 +91,29 @@ def in_process_scoring(
     return score
 
 
+def _check_options(
+    model: Path | None, history: str | None, directory: str | None, learn: bool
+) -> None:
+    """SetupError naming the option whose path cannot serve: missing, of the wrong
+    kind, empty, or a history that only `--learn` may start (so a mistyped path never
+    scores against an empty history)."""
+    if learn and history is None:
+        raise SetupError("--learn records safe verdicts into --history; give a history file")
+    for option, value in (("--history", history), ("--directory", directory)):
+        if value == "":  # an unset shell variable, say
+            raise SetupError(f"{option} must name a file, got an empty string")
+    if model:
+        _check_path("--model", Path(model), "directory")
+    if history and learn and not Path(history).exists():  # --learn starts a new one
+        _check_path("--history", Path(history).absolute().parent, "directory")
+    elif history:
+        _check_path("--history", Path(history), "file")
+        if Path(history).stat().st_size == 0:  # SQLite would take it as a new history
+            raise SetupError(f"--history file {history!r} is empty, not a sender history")
+    if directory:
+        _check_path("--directory", Path(directory), "file")
+
+
 def _check_path(option: str, path: Path, kind: str) -> None:
     """SetupError unless `path` exists and is a `kind` ("file" or "directory")."""
     if not path.exists():
@@ -116,7 +131,7 @@ def _check_readable(history: str | None, directory: str | None) -> None:
 
     checks = (("--history", history, SenderHistory), ("--directory", directory, load_directory))
     for option, path, opener in checks:
-        if not path:
+        if not path or not Path(path).exists():  # a history --learn starts is made later
             continue
         try:
             opened = opener(str(path))
@@ -224,14 +239,21 @@ def _warn_server_side_options(args: argparse.Namespace) -> None:
 
 
 def _check_output(path: Path | None, source: str) -> None:
-    """SetupError when the output file is the source or lies inside a source directory:
-    opening it would empty the mail before it is read, or add the verdicts to the mail
-    being scored. Nothing is opened here."""
-    if path is None or source == "-":
+    """SetupError when the output file cannot be one (a directory, or in a folder that
+    does not exist), or is the source (a link to it included) or lies inside a source
+    directory: opening it would empty the mail before it is read, or add the verdicts to
+    the mail being scored. Nothing is opened here."""
+    if path is None:
+        return
+    if path.is_dir() or not path.parent.is_dir():
+        problem = "is a directory" if path.is_dir() else "is in a folder that does not exist"
+        raise SetupError(f"output file {str(path)!r} cannot be written ({problem})")
+    if source == "-":
         return
     target, read = path.resolve(), Path(source).resolve()
-    if target == read or read in target.parents:
-        where = "is the source" if target == read else "lies inside the source directory"
+    same = target == read or (target.exists() and read.exists() and target.samefile(read))
+    if same or read in target.parents:
+        where = "is the source" if same else "lies inside the source directory"
         raise SetupError(
             f"output file {str(path)!r} {where} {source!r}; write the verdicts elsewhere"
         )

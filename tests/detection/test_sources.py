@@ -562,3 +562,30 @@ def test_write_table_round_trips_messages_and_columns(tmp_path):
     assert [(m.id, m.data, e["label"]) for m, e in back] == [
         (f"m{i}", _mail(i), None if i < 3 else "safe") for i in range(5)
     ]
+
+
+def test_a_damaged_archive_inside_an_intact_one_gets_an_error_line_and_reading_goes_on(
+    tmp_path,
+):
+    inner = _tar(tmp_path / "inner.tar", {"x.eml": _mail(2), "y.eml": _mail(3)}, "w")
+    damaged = inner.read_bytes()[:1536]  # x.eml whole, y.eml's header cut short
+    outer = _tar(
+        tmp_path / "outer.tar", {"a.eml": _mail(1), "bad.tar": damaged, "z.eml": _mail(4)}, "w"
+    )
+    stats = SourceStats()
+
+    messages = list(iter_messages(outer, stats=stats))
+
+    assert [m.id for m in messages] == [
+        "outer.tar:a.eml",
+        "outer.tar:bad.tar:x.eml",
+        "outer.tar:bad.tar",
+        "outer.tar:z.eml",
+    ]
+    assert "corrupt or truncated" in messages[2].error
+    assert _subjects([messages[0], messages[1], messages[3]]) == [
+        "Subject 1",
+        "Subject 2",
+        "Subject 4",
+    ]
+    assert (stats.read, stats.failed) == (3, 1)

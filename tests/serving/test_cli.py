@@ -321,3 +321,85 @@ def test_a_source_without_messages_says_so(tmp_path, caplog):
 
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(f"no message found in {empty}" in w for w in warnings)
+
+
+def test_an_output_file_hard_linked_to_the_source_is_refused_and_the_mail_kept(tmp_path, caplog):
+    message, _ = synthetic_raw_messages(1, seed=5)[0]
+    source = tmp_path / "one.eml"
+    source.write_bytes(message.data)
+    other_name = tmp_path / "verdicts.jsonl"
+    other_name.hardlink_to(source)
+
+    assert main(["score", str(source), "--output", str(other_name)]) == 2
+
+    assert source.read_bytes() == message.data
+    [line] = _errors(caplog)
+    assert "is the source" in line
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: None, "folder that does not exist"),
+    ],
+)
+def test_an_output_that_cannot_be_a_file_is_refused_before_the_model_loads(
+    tmp_path, caplog, make, expected
+):
+    folder = _write_mail_dir(tmp_path, count=1)
+    output = tmp_path / "out"
+    make(output)
+    target = output if output.exists() else output / "verdicts.jsonl"
+
+    # no --model and no exported model in the repository: the output is refused first
+    assert main(["score", str(folder), "--output", str(target)]) == 2
+
+    [line] = _errors(caplog)
+    assert "cannot be written" in line and expected in line
+
+
+@pytest.mark.parametrize("learn", [[], ["--learn"]])
+def test_an_empty_history_option_is_refused_not_taken_as_no_history(tmp_path, caplog, learn):
+    folder = _write_mail_dir(tmp_path, count=1)
+
+    assert main(["score", str(folder), "--history", "", *learn]) == 2
+
+    [line] = _errors(caplog)
+    assert "--history must name a file, got an empty string" in line
+
+
+def test_an_empty_history_file_is_refused_and_left_as_it_was(tmp_path, caplog):
+    folder = _write_mail_dir(tmp_path, count=1)
+    empty = tmp_path / "history.sqlite"
+    empty.touch()
+
+    assert main(["score", str(folder), "--history", str(empty)]) == 2
+
+    assert empty.stat().st_size == 0
+    [line] = _errors(caplog)
+    assert "is empty, not a sender history" in line
+
+
+def test_a_learn_run_that_fails_before_scoring_leaves_no_history_behind(tmp_path, caplog):
+    folder = _write_mail_dir(tmp_path, count=1)
+    broken_model = tmp_path / "empty-model"
+    broken_model.mkdir()
+    history = tmp_path / "new.sqlite"
+
+    args = ["score", str(folder), "--model", str(broken_model)]
+    assert main([*args, "--history", str(history), "--learn"]) == 2
+
+    assert not history.exists()
+    [line] = _errors(caplog)
+    assert "could not be loaded" in line
+
+
+def test_learn_into_a_missing_folder_names_the_folder(tmp_path, caplog):
+    folder = _write_mail_dir(tmp_path, count=1)
+    history = tmp_path / "no-such-folder" / "new.sqlite"
+
+    assert main(["score", str(folder), "--history", str(history), "--learn"]) == 2
+
+    [line] = _errors(caplog)
+    assert "no-such-folder" in line and "does not exist" in line
