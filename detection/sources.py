@@ -157,12 +157,8 @@ def iter_messages(
     *,
     text_records: bool | None = None,
     stats: SourceStats | None = None,
-    not_a_message: Path | None = None,
 ) -> Iterator[RawMessage]:
     """Yield every message of `source` in input order (see the module docstring).
-
-    `not_a_message` names a file that a directory tree must not yield, however the
-    tree reaches it (a symbolic link included): the file a run writes its verdicts to.
 
     Raises `SourceError` at once when the source is missing, not a file or directory,
     or cannot be opened; a source that breaks midway raises `SourceError` after the
@@ -193,7 +189,7 @@ def iter_messages(
         except OSError as exc:
             reason = f"directory could not be listed ({exc.strerror})"
             raise SourceError(str(source), None, reason) from exc
-        items = _from_directory(name, path, text_records, stats, not_a_message)
+        items = _from_directory(name, path, text_records, stats)
     elif path.is_file():
         if not os.access(path, os.R_OK):
             raise SourceError(str(source), None, "permission denied")
@@ -285,17 +281,11 @@ def _check_archive_end(label: str, archive: tarfile.TarFile, position: str) -> N
 
 
 def _from_directory(
-    label: str,
-    root: Path,
-    text_records: bool | None,
-    stats: SourceStats,
-    not_a_message: Path | None = None,
+    label: str, root: Path, text_records: bool | None, stats: SourceStats
 ) -> Iterator[_Item]:
     """Every file of the tree in sorted order, depth first, as `os.walk` would give it,
     but following symbolic links once per real directory and never stopping at one
-    unreadable file (see the module docstring); `not_a_message` is passed over."""
-    # read when the walk starts: by then a run has created its output file
-    excluded = _identity(not_a_message) if not_a_message is not None else None
+    unreadable file (see the module docstring)."""
     visited: set[tuple[int, int]] = set()
     pending = [root]
     while pending:
@@ -318,17 +308,13 @@ def _from_directory(
         dirs: list[str] = []
         for name in names:
             try:
-                info = (here / name).stat()
-                mode = info.st_mode
+                mode = (here / name).stat().st_mode
             except OSError as exc:
                 dangling = (here / name).is_symlink()
                 files.append((name, "dangling symbolic link" if dangling else exc.strerror))
                 continue
             if stat.S_ISDIR(mode):
                 dirs.append(name)
-            elif (info.st_dev, info.st_ino) == excluded:
-                rel = f"{rel_dir}/{name}".removeprefix("./")
-                logger.warning("%s: %s is the output being written; skipped", label, rel)
             elif stat.S_ISREG(mode):
                 files.append((name, None))
             elif not name.startswith("."):
@@ -349,15 +335,6 @@ def _from_directory(
         for name, problem in files:
             if not name.startswith("."):
                 yield from _from_tree_file(label, root, here / name, problem, text_records, stats)
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of a file, None when it does not exist."""
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
 
 
 def _from_tree_file(

@@ -192,9 +192,7 @@ def _unreadable(message: RawMessage) -> Verdict:
 def run_score(args: argparse.Namespace) -> int:
     counts = {"read": 0, "scored": 0, "failed": 0}
     try:
-        messages = iter_messages(
-            args.source, text_records=args.text_records or None, not_a_message=args.output
-        )
+        messages = iter_messages(args.source, text_records=args.text_records or None)
         _check_output(args.output, args.source)  # before the model's seconds of loading
         if args.server:
             _warn_server_side_options(args)

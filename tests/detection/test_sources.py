@@ -589,19 +589,3 @@ def test_a_damaged_archive_inside_an_intact_one_gets_an_error_line_and_reading_g
         "Subject 4",
     ]
     assert (stats.read, stats.failed) == (3, 1)
-
-
-def test_the_file_named_not_a_message_is_passed_over_however_the_tree_reaches_it(tmp_path):
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "a.eml").write_bytes(_mail(1))
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "b.eml").write_bytes(_mail(2))
-    verdicts = outside / "verdicts.jsonl"
-    verdicts.write_text('{"id": "tree:a.eml"}\n')
-    (tree / "linked").symlink_to(outside)
-
-    messages = list(iter_messages(tree, not_a_message=verdicts))
-
-    assert [m.id for m in messages] == ["tree:a.eml", "tree:linked/b.eml"]

@@ -403,16 +403,3 @@ def test_learn_into_a_missing_folder_names_the_folder(tmp_path, caplog):
 
     [line] = _errors(caplog)
     assert "no-such-folder" in line and "does not exist" in line
-
-
-def test_an_output_the_source_tree_reaches_through_a_link_is_not_read_as_mail(tmp_path):
-    _, version_dir = tiny_model_version()
-    folder = _write_mail_dir(tmp_path, count=2)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (folder / "linked").symlink_to(outside)
-    output = outside / "verdicts.jsonl"
-
-    assert main(["score", str(folder), "--model", str(version_dir), "--output", str(output)]) == 0
-
-    assert [line["id"] for line in _lines(output)] == ["mail:000.eml", "mail:001.eml"]
