@@ -23,6 +23,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -240,9 +241,10 @@ def _warn_server_side_options(args: argparse.Namespace) -> None:
 
 def _check_output(path: Path | None, source: str) -> None:
     """SetupError when the output file cannot be one (a directory, or in a folder that
-    does not exist), or is the source (a link to it included) or lies inside a source
-    directory: opening it would empty the mail before it is read, or add the verdicts to
-    the mail being scored. Nothing is opened here."""
+    does not exist), or could be mail of the source: the source itself by any name, a
+    file with other names (hard links), or a file in any folder that reading a source
+    directory enters, links followed. Opening it would empty mail before it is read,
+    or add the verdicts to the mail being scored. Nothing is opened here."""
     if path is None:
         return
     if path.is_dir() or not path.parent.is_dir():
@@ -250,13 +252,39 @@ def _check_output(path: Path | None, source: str) -> None:
         raise SetupError(f"output file {str(path)!r} cannot be written ({problem})")
     if source == "-":
         return
+
     target, read = path.resolve(), Path(source).resolve()
-    same = target == read or (target.exists() and read.exists() and target.samefile(read))
-    if same or read in target.parents:
-        where = "is the source" if same else "lies inside the source directory"
-        raise SetupError(
-            f"output file {str(path)!r} {where} {source!r}; write the verdicts elsewhere"
-        )
+    if target == read or (target.exists() and read.exists() and target.samefile(read)):
+        problem = f"is the source {source!r}"
+    elif target.exists() and target.stat().st_nlink > 1:
+        problem = f"has {target.stat().st_nlink} names (hard links): it may be mail of {source!r}"
+    elif read.is_dir() and _tree_enters(read, target.parent):
+        problem = f"lies in a folder that reading the source {source!r} enters"
+    else:
+        return
+    raise SetupError(f"output file {str(path)!r} {problem}; write the verdicts elsewhere")
+
+
+def _tree_enters(root: Path, folder: Path) -> bool:
+    """Whether a walk of the directory tree `root` that follows symbolic links, as the
+    sources do, enters `folder`; each real directory is visited once."""
+    wanted = folder.stat()
+    seen: set[tuple[int, int]] = set()
+    pending = [root]
+    while pending:
+        here = pending.pop()
+        try:
+            info = here.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            if os.path.samestat(info, wanted):
+                return True
+            with os.scandir(here) as entries:
+                pending.extend(Path(entry.path) for entry in entries if entry.is_dir())
+        except OSError:  # unreadable: the sources cannot read mail there either
+            continue
+    return False
 
 
 def _output(path: Path | None) -> AbstractContextManager[TextIO]:

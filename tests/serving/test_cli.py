@@ -262,7 +262,7 @@ def test_an_output_file_inside_a_source_directory_is_refused(tmp_path, caplog):
 
     assert not inside.exists()
     [line] = _errors(caplog)
-    assert "lies inside the source directory" in line
+    assert "lies in a folder that reading the source" in line
 
 
 @pytest.mark.parametrize(
@@ -403,3 +403,50 @@ def test_learn_into_a_missing_folder_names_the_folder(tmp_path, caplog):
 
     [line] = _errors(caplog)
     assert "no-such-folder" in line and "does not exist" in line
+
+
+def test_an_output_hard_linked_to_a_message_of_a_source_tree_is_refused(tmp_path, caplog):
+    folder = _write_mail_dir(tmp_path, count=2)
+    member = folder / "001.eml"
+    kept = member.read_bytes()
+    other_name = tmp_path / "verdicts.jsonl"
+    other_name.hardlink_to(member)
+
+    assert main(["score", str(folder), "--output", str(other_name)]) == 2
+
+    assert member.read_bytes() == kept
+    [line] = _errors(caplog)
+    assert "has 2 names (hard links)" in line
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_output_in_a_folder_the_tree_reaches_through_a_link_is_refused(
+    tmp_path, caplog, existing
+):
+    folder = _write_mail_dir(tmp_path, count=1)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / "linked").symlink_to(outside)
+    output = outside / "x.eml"
+    mail = synthetic_raw_messages(1, seed=9)[0][0].data
+    if existing:  # a message the tree would read
+        output.write_bytes(mail)
+
+    assert main(["score", str(folder), "--output", str(output)]) == 2
+
+    if existing:
+        assert output.read_bytes() == mail
+    else:
+        assert not output.exists()
+    [line] = _errors(caplog)
+    assert "lies in a folder that reading the source" in line
+
+
+def test_an_output_beside_a_source_tree_is_accepted(tmp_path):
+    _, version_dir = tiny_model_version()
+    folder = _write_mail_dir(tmp_path, count=2)
+    output = tmp_path / "verdicts.jsonl"
+
+    assert main(["score", str(folder), "--model", str(version_dir), "--output", str(output)]) == 0
+
+    assert [line["id"] for line in _lines(output)] == ["mail:000.eml", "mail:001.eml"]
