@@ -12,9 +12,9 @@ file of a directory tree that could not be read). The summary (read, scored, fai
 goes to standard error, also when the run stops early.
 
 Exit status: 0 when the whole source was read; 1 when every message failed; 2 when
-the source, the model or the output file cannot be opened (an output file that is the
-source, or lies inside a source directory, is refused: it would destroy or join the
-mail it scores), or the source breaks midway (one error line says which).
+the source, the model or the output file cannot be opened (an output file that could
+be mail of the source is refused: it would destroy or join the mail it scores), or
+the source breaks midway (one error line says which).
 """
 
 from __future__ import annotations
