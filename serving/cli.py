@@ -254,10 +254,11 @@ def _check_output(path: Path | None, source: str) -> None:
         return
 
     target, read = path.resolve(), Path(source).resolve()
-    if target == read or (target.exists() and read.exists() and target.samefile(read)):
+    names = target.stat().st_nlink if target.exists() else 0
+    if target == read or (names and read.exists() and target.samefile(read)):
         problem = f"is the source {source!r}"
-    elif target.exists() and target.stat().st_nlink > 1:
-        problem = f"has {target.stat().st_nlink} names (hard links): it may be mail of {source!r}"
+    elif names > 1:
+        problem = f"has {names} names (hard links): it may be mail of {source!r}"
     elif read.is_dir() and _tree_enters(read, target.parent):
         problem = f"lies in a folder that reading the source {source!r} enters"
     else:
